@@ -1,0 +1,276 @@
+"""The task record, its states, ids, retry policy and the store's errors (no grpc, no redis here)."""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+ULID_LENGTH = 26
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+TASK_ID_PATTERN = re.compile(r"([0-9A-HJKMNP-TV-Z]{26})@([A-Za-z0-9_.\-]{1,128})")
+DEFAULT_CONTENT_TYPE = "application/json"
+
+
+class TaskState(enum.IntEnum):
+    """Lifecycle states; the numbers are the wire values of conveyor.v1.TaskState."""
+
+    SCHEDULED = 1
+    QUEUED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    CANCELLED = 6
+    EXPIRED = 7
+    PENDING = 8
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, as stored in Redis and used in metric labels."""
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> TaskState:
+        return cls[label.upper()]
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED})
+
+
+class LeaseState(enum.IntEnum):
+    """What the store says of a presented lease; wire values of conveyor.v1.LeaseState."""
+
+    ACTIVE = 1
+    STALE = 2
+    CANCEL_REQUESTED = 3
+
+
+class RedeliveryReason(enum.StrEnum):
+    """Why a task went back to its queue (a label of the redeliveries metric)."""
+
+    LEASE_EXPIRED = "lease_expired"
+    WORKER_SHUTDOWN = "worker_shutdown"
+    BROKER_DRAINED = "broker_drained"
+    NACK = "nack"
+
+
+class _UlidFactory:
+    """Makes ULIDs that sort in creation order, also within one millisecond of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._last_rand = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                rand = self._last_rand + 1
+            else:
+                rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up within a millisecond
+            self._last_ms, self._last_rand = ms, rand
+        value = (ms << 80) | rand
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+new_ulid = _UlidFactory()
+
+
+def make_task_id(ulid: str, queue: str) -> str:
+    """A task id carries its queue, so any broker finds its keys without a lookup."""
+    return f"{ulid}@{queue}"
+
+
+def parse_task_id(task_id: str) -> tuple[str, str]:
+    """Splits a task id into (ulid, queue); raises ValueError when malformed."""
+    match = TASK_ID_PATTERN.fullmatch(task_id)
+    if match is None:
+        raise ValueError(f"malformed task id {task_id[:200]!r}: expected '<26-char ulid>@<queue>'")
+    return match.group(1), match.group(2)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How failed attempts are retried; delays in milliseconds."""
+
+    max_attempts: int = 3
+    initial_backoff_ms: int = 1_000
+    max_backoff_ms: int = 600_000
+    multiplier: float = 2.0
+    jitter: float = 0.0
+
+    def backoff_ms(self, attempt: int, random_fraction: float) -> int:
+        """The delay after failed attempt number `attempt` (from 1); `random_fraction` in [0, 1)."""
+        raw = min(self.max_backoff_ms, self.initial_backoff_ms * self.multiplier ** max(0, attempt - 1))
+        return int(raw * (1.0 - self.jitter * random_fraction))
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated submission, ready for the store. Times are Redis-clock milliseconds."""
+
+    ulid: str
+    queue: str
+    name: str
+    payload: bytes = b""
+    content_type: str = DEFAULT_CONTENT_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    run_at_ms: int | None = None
+    delay_ms: int = 0
+    retry: RetryPolicy = RetryPolicy()
+    timeout_ms: int = 0
+    lease_ms: int = 30_000
+    start_timeout_ms: int = 0
+    result_ttl_ms: int = 86_400_000
+
+    @property
+    def task_id(self) -> str:
+        return make_task_id(self.ulid, self.queue)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """An attempt's error, kept as text."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task as stored. Times are Redis-clock milliseconds since the epoch, 0 when unset."""
+
+    ulid: str
+    queue: str
+    name: str
+    state: TaskState
+    payload: bytes = b""
+    content_type: str = DEFAULT_CONTENT_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    attempt: int = 0
+    retry: RetryPolicy = RetryPolicy()
+    timeout_ms: int = 0
+    lease_ms: int = 30_000
+    result_ttl_ms: int = 86_400_000
+    created_ms: int = 0
+    scheduled_ms: int = 0
+    started_ms: int = 0
+    finished_ms: int = 0
+    start_by_ms: int = 0
+    result: bytes = b""
+    result_content_type: str = ""
+    error: TaskError | None = None
+    reason: str = ""
+    cancel_requested: bool = False
+    progress: float = 0.0
+    progress_message: str = ""
+    worker_id: str = ""
+    lease_token: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return make_task_id(self.ulid, self.queue)
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedTask:
+    """A task handed to a worker under a fresh lease."""
+
+    ulid: str
+    queue: str
+    name: str
+    payload: bytes
+    content_type: str
+    headers: dict[str, str]
+    attempt: int
+    max_attempts: int
+    lease_token: int
+    lease_ms: int
+    timeout_ms: int
+    queued_at_ms: int
+    started_ms: int
+
+    @property
+    def task_id(self) -> str:
+        return make_task_id(self.ulid, self.queue)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A (task, token) pair presented by a worker."""
+
+    ulid: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful attempt's result."""
+
+    ulid: str
+    token: int
+    result: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt. `retry_after_ms` < 0 means: use the task's backoff policy."""
+
+    ulid: str
+    token: int
+    error: TaskError
+    retry_after_ms: int = -1
+
+
+class FailOutcome(enum.StrEnum):
+    """What a failure did to its task."""
+
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    STALE = "stale"
+
+
+@dataclass(slots=True)
+class ReapResult:
+    """What one sweep of expired leases did."""
+
+    requeued: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+class StoreError(Exception):
+    """Base of the store's errors; each maps to one gRPC status in the API layer."""
+
+
+class TaskNotFoundError(StoreError):
+    """No task with that id (or its record expired)."""
+
+
+class TaskTerminalError(StoreError):
+    """The task already finished."""
+
+
+class StaleLeaseError(StoreError):
+    """The lease token is not the current one."""
+
+
+class StoreUnavailableError(StoreError):
+    """Redis cannot be reached or timed out."""

@@ -1,0 +1,101 @@
+"""Every Redis key and channel name Conveyor uses, built here and nowhere else (schema: lua/KEYS.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker_service.domain import TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue. All share the hash tag `{<namespace>:<queue>}`, so one slot holds them."""
+
+    namespace: str
+    queue: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.namespace}:{self.queue}}}"
+
+    @property
+    def task_prefix(self) -> str:
+        """HASH per task: `<tag>:t:<ulid>`. Scripts receive this prefix as a KEYS entry."""
+        return f"{self.tag}:t:"
+
+    def task(self, ulid: str) -> str:
+        return self.task_prefix + ulid
+
+    @property
+    def queued(self) -> str:
+        """ZSET of ready tasks: member ulid, score (9 - priority) * 1e13 + enqueue ms."""
+        return f"{self.tag}:queued"
+
+    @property
+    def scheduled(self) -> str:
+        """ZSET of delayed and backing-off tasks: member ulid, score due ms."""
+        return f"{self.tag}:scheduled"
+
+    @property
+    def running(self) -> str:
+        """ZSET of leased tasks: member ulid, score min(lease deadline, execution deadline) ms."""
+        return f"{self.tag}:running"
+
+    @property
+    def start_deadlines(self) -> str:
+        """ZSET of waiting tasks with a schedule-to-start deadline: member ulid, score deadline ms."""
+        return f"{self.tag}:start_by"
+
+    def finished(self, state: TaskState) -> str:
+        """ZSET per terminal state: member ulid, score the ms at which the record expires."""
+        return f"{self.tag}:{state.label}"
+
+    @property
+    def succeeded(self) -> str:
+        return self.finished(TaskState.SUCCEEDED)
+
+    @property
+    def failed(self) -> str:
+        """The dead-letter set."""
+        return self.finished(TaskState.FAILED)
+
+    @property
+    def cancelled(self) -> str:
+        return self.finished(TaskState.CANCELLED)
+
+    @property
+    def expired(self) -> str:
+        return self.finished(TaskState.EXPIRED)
+
+    @property
+    def sequence(self) -> str:
+        """STRING counter: the source of lease (fencing) tokens."""
+        return f"{self.tag}:seq"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel of the queue's state changes (see KEYS.md for the message format)."""
+        return f"{self.tag}:events"
+
+    def by_state(self, state: TaskState) -> str:
+        """The index that holds the queue's tasks in `state`."""
+        return {
+            TaskState.QUEUED: self.queued,
+            TaskState.SCHEDULED: self.scheduled,
+            TaskState.RUNNING: self.running,
+        }.get(state) or self.finished(state)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalKeys:
+    """Keys outside any queue (each touched by single-key commands only)."""
+
+    namespace: str
+
+    @property
+    def queues(self) -> str:
+        """SET of every queue name ever submitted to (the loops sweep these)."""
+        return f"{self.namespace}:queues"
+
+    def queue(self, name: str) -> QueueKeys:
+        return QueueKeys(self.namespace, name)
