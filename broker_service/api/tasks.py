@@ -1,0 +1,152 @@
+"""TaskService: validate, call the store, convert; errors leave as mapped statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from conveyor.v1 import task_service_pb2 as ts
+from conveyor.v1 import task_service_pb2_grpc as ts_grpc
+
+from broker_service.api import convert, validate
+from broker_service.api.errors import invalid_argument, server_stream, unary
+from broker_service.domain import NewTask, TaskRecord, TaskState
+from broker_service.events import EventHub
+from broker_service.metrics import Metrics
+from broker_service.store.store import Store
+
+Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+class TaskService(ts_grpc.TaskServiceServicer):
+    """conveyor.v1.TaskService."""
+
+    def __init__(self, store: Store, hub: EventHub, metrics: Metrics, limits: validate.Limits,
+                 *, wait_poll_seconds: float) -> None:
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self._limits = limits
+        self._wait_poll = wait_poll_seconds
+        self._known_queues: set[str] = set()
+
+    async def _enqueue(self, tasks: list[NewTask]) -> dict[str, TaskState]:
+        by_queue: dict[str, list[NewTask]] = defaultdict(list)
+        for task in tasks:
+            by_queue[task.queue].append(task)
+        new_queues = [q for q in by_queue if q not in self._known_queues]
+        if new_queues:
+            await self._store.register_queues(new_queues)
+            self._known_queues.update(new_queues)
+        results = await asyncio.gather(*(self._store.enqueue(q, items) for q, items in by_queue.items()))
+        states: dict[str, TaskState] = {}
+        for queue, queue_results in zip(by_queue, results, strict=True):
+            self._metrics.enqueued.labels(queue).inc(len(queue_results))
+            for result in queue_results:
+                states[result.ulid] = result.state
+        return states
+
+    @unary
+    async def EnqueueTask(self, request: ts.EnqueueTaskRequest, context: Context) -> ts.EnqueueTaskResponse:
+        if not request.HasField("task"):
+            raise invalid_argument("task", "required")
+        task = validate.task_spec(request.task, "task", self._limits, _now_ms())
+        states = await self._enqueue([task])
+        return ts.EnqueueTaskResponse(task_id=task.task_id, state=int(states[task.ulid]))
+
+    @unary
+    async def BatchEnqueueTasks(self, request: ts.BatchEnqueueTasksRequest,
+                                context: Context) -> ts.BatchEnqueueTasksResponse:
+        if not request.tasks:
+            raise invalid_argument("tasks", "at least one task is required")
+        if len(request.tasks) > self._limits.max_batch_size:
+            raise invalid_argument("tasks", f"{len(request.tasks)} tasks is over the limit of "
+                                   f"{self._limits.max_batch_size} per call")
+        now = _now_ms()
+        tasks = [validate.task_spec(spec, f"tasks[{i}]", self._limits, now) for i, spec in enumerate(request.tasks)]
+        await self._enqueue(tasks)
+        return ts.BatchEnqueueTasksResponse(task_ids=[t.task_id for t in tasks])
+
+    @unary
+    async def GetTask(self, request: ts.GetTaskRequest, context: Context) -> ts.GetTaskResponse:
+        ulid, queue = validate.task_id(request.task_id)
+        record = await self._store.get(queue, ulid)
+        return ts.GetTaskResponse(task=convert.task(record))
+
+    @server_stream
+    async def WaitTask(self, request: ts.WaitTaskRequest, context: Context) -> AsyncIterator[ts.WaitTaskResponse]:
+        ulid, queue = validate.task_id(request.task_id)
+        if request.HasField("timeout") and (request.timeout.seconds < 0 or request.timeout.nanos < 0):
+            raise invalid_argument("timeout", "must not be negative")
+        budget = validate.duration_ms(request.timeout) / 1000 if request.HasField("timeout") else None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = remaining if budget is None else min(budget, remaining)
+        deadline = None if budget is None else time.monotonic() + budget
+
+        changed = asyncio.Event()
+
+        def listener(kind: str, ulids: str) -> None:
+            if ulid in ulids or kind == "resync":
+                changed.set()
+
+        self._hub.add(queue, listener)
+        try:
+            last: tuple[Any, ...] | None = None
+            while True:
+                changed.clear()
+                record = await self._store.get(queue, ulid)
+                seen = _fingerprint(record)
+                if seen != last:
+                    last = seen
+                    yield ts.WaitTaskResponse(task=convert.task(record))
+                if record.state.terminal:
+                    return
+                timeout = self._wait_poll
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    timeout = min(timeout, left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            self._hub.remove(queue, listener)
+
+    @unary
+    async def CancelTask(self, request: ts.CancelTaskRequest, context: Context) -> ts.CancelTaskResponse:
+        ulid, queue = validate.task_id(request.task_id)
+        reason = validate.reason(request.reason)
+        state = await self._store.cancel(queue, ulid, reason or "cancelled")
+        if state is TaskState.CANCELLED:
+            self._metrics.cancelled.labels(queue).inc()
+        return ts.CancelTaskResponse(state=int(state))
+
+    @unary
+    async def ListTasks(self, request: ts.ListTasksRequest, context: Context) -> ts.ListTasksResponse:
+        queue = validate.queue_name(request.queue, "queue")
+        state = validate.state(request.state)
+        if request.page_size > MAX_PAGE_SIZE:
+            raise invalid_argument("page_size", f"at most {MAX_PAGE_SIZE}")
+        try:
+            page = await self._store.list_tasks(queue, state, request.page_size or DEFAULT_PAGE_SIZE,
+                                                request.page_token)
+        except ValueError:
+            raise invalid_argument("page_token", "malformed or from another listing") from None
+        return ts.ListTasksResponse(tasks=[convert.task(t, with_data=False) for t in page.tasks],
+                                    next_page_token=page.next_cursor)
+
+
+def _fingerprint(record: TaskRecord) -> tuple[Any, ...]:
+    return (record.state, record.attempt, record.progress, record.progress_message, record.cancel_requested)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

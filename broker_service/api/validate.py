@@ -1,0 +1,166 @@
+"""Request validation: every bad field becomes INVALID_ARGUMENT naming its path, before anything is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor.v1 import task_service_pb2 as ts
+from google.protobuf import duration_pb2
+
+from broker_service.api.errors import invalid_argument
+from broker_service.domain import (
+    DEFAULT_CONTENT_TYPE,
+    QUEUE_PATTERN,
+    NewTask,
+    RetryPolicy,
+    TaskState,
+    new_ulid,
+    parse_task_id,
+)
+
+TEN_YEARS_MS = 10 * 366 * 86_400_000
+MAX_NAME = 256
+MAX_HEADERS = 64
+MAX_HEADER_KEY = 128
+MAX_HEADER_VALUE = 4096
+MAX_CONTENT_TYPE = 128
+MAX_ATTEMPTS = 1000
+MAX_REASON = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The broker's limits and defaults that validation applies."""
+
+    max_payload_bytes: int
+    max_batch_size: int
+    lease_ms: int
+    result_ttl_ms: int
+    max_attempts: int
+
+
+def duration_ms(value: duration_pb2.Duration) -> int:
+    return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def _duration(spec: ts.TaskSpec, name: str, path: str, *, low_ms: int, high_ms: int) -> int | None:
+    """A set Duration field as ms within [low, high], or None when unset."""
+    if not spec.HasField(name):
+        return None
+    value = getattr(spec, name)
+    if value.seconds < 0 or value.nanos < 0:
+        raise invalid_argument(f"{path}.{name}", "must not be negative")
+    ms = duration_ms(value)
+    if not low_ms <= ms <= high_ms:
+        raise invalid_argument(f"{path}.{name}", f"must be between {low_ms / 1000:g}s and {high_ms / 1000:g}s")
+    return ms
+
+
+def queue_name(value: str, field: str) -> str:
+    if not QUEUE_PATTERN.fullmatch(value):
+        raise invalid_argument(field, "must be 1 to 128 characters of letters, digits, '_', '-' and '.'")
+    return value
+
+
+def task_id(value: str, field: str = "task_id") -> tuple[str, str]:
+    try:
+        return parse_task_id(value)
+    except ValueError:
+        raise invalid_argument(field, "malformed task id: expected '<26-character ULID>@<queue>'") from None
+
+
+def state(value: int, field: str = "state") -> TaskState:
+    try:
+        return TaskState(value)
+    except ValueError:
+        raise invalid_argument(field, f"unknown or unspecified task state {value}") from None
+
+
+def reason(value: str, field: str = "reason") -> str:
+    if len(value) > MAX_REASON:
+        raise invalid_argument(field, f"at most {MAX_REASON} characters")
+    return value
+
+
+def _name(value: str, field: str) -> str:
+    if not 1 <= len(value) <= MAX_NAME or not value.isprintable() or any(c.isspace() for c in value):
+        raise invalid_argument(field, f"must be 1 to {MAX_NAME} printable characters without spaces")
+    return value
+
+
+def _headers(spec: ts.TaskSpec, path: str) -> dict[str, str]:
+    if len(spec.headers) > MAX_HEADERS:
+        raise invalid_argument(f"{path}.headers", f"at most {MAX_HEADERS} entries")
+    for key, value in spec.headers.items():
+        if not 1 <= len(key) <= MAX_HEADER_KEY:
+            raise invalid_argument(f"{path}.headers", f"keys must be 1 to {MAX_HEADER_KEY} characters")
+        if len(value) > MAX_HEADER_VALUE:
+            raise invalid_argument(f"{path}.headers[{key[:40]}]", f"at most {MAX_HEADER_VALUE} characters")
+    return dict(spec.headers)
+
+
+def _retry(spec: ts.TaskSpec, path: str, limits: Limits) -> RetryPolicy:
+    if not spec.HasField("retry_policy"):
+        return RetryPolicy(max_attempts=limits.max_attempts)
+    policy = spec.retry_policy
+    p = f"{path}.retry_policy"
+    if policy.max_attempts > MAX_ATTEMPTS:
+        raise invalid_argument(f"{p}.max_attempts", f"at most {MAX_ATTEMPTS}")
+    if policy.multiplier != 0 and not 1 <= policy.multiplier <= 100:
+        raise invalid_argument(f"{p}.multiplier", "must be 0 (default) or between 1 and 100")
+    if not 0 <= policy.jitter <= 1:
+        raise invalid_argument(f"{p}.jitter", "must be between 0 and 1")
+    backoff = {}
+    for name in ("initial_backoff", "max_backoff"):
+        if policy.HasField(name):
+            value = getattr(policy, name)
+            if value.seconds < 0 or value.nanos < 0:
+                raise invalid_argument(f"{p}.{name}", "must not be negative")
+            backoff[name] = min(duration_ms(value), TEN_YEARS_MS)
+    defaults = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=policy.max_attempts or limits.max_attempts,
+        initial_backoff_ms=backoff.get("initial_backoff", defaults.initial_backoff_ms),
+        max_backoff_ms=backoff.get("max_backoff", defaults.max_backoff_ms),
+        multiplier=policy.multiplier or defaults.multiplier,
+        jitter=policy.jitter,
+    )
+
+
+def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewTask:
+    """Checks one TaskSpec and turns it into a NewTask; `path` prefixes field names ("task", "tasks[3]")."""
+    queue = queue_name(spec.queue, f"{path}.queue")
+    name = _name(spec.name, f"{path}.name")
+    if len(spec.payload) > limits.max_payload_bytes:
+        raise invalid_argument(f"{path}.payload", f"{len(spec.payload)} bytes is over the limit of "
+                               f"{limits.max_payload_bytes} bytes")
+    if len(spec.content_type) > MAX_CONTENT_TYPE or not spec.content_type.isprintable():
+        raise invalid_argument(f"{path}.content_type", f"at most {MAX_CONTENT_TYPE} printable characters")
+    if spec.priority > 9:
+        raise invalid_argument(f"{path}.priority", "must be between 0 and 9")
+    run_at_ms: int | None = None
+    delay_ms = 0
+    which = spec.WhichOneof("schedule")
+    if which == "run_at":
+        run_at_ms = spec.run_at.seconds * 1000 + spec.run_at.nanos // 1_000_000
+        if run_at_ms > now_ms + TEN_YEARS_MS:
+            raise invalid_argument(f"{path}.run_at", "more than 10 years ahead")
+    elif which == "delay":
+        delay_ms = _duration(spec, "delay", path, low_ms=0, high_ms=TEN_YEARS_MS) or 0
+    day = 86_400_000
+    return NewTask(
+        ulid=new_ulid(),
+        queue=queue,
+        name=name,
+        payload=spec.payload,
+        content_type=spec.content_type or DEFAULT_CONTENT_TYPE,
+        headers=_headers(spec, path),
+        priority=spec.priority,
+        run_at_ms=run_at_ms,
+        delay_ms=delay_ms,
+        retry=_retry(spec, path, limits),
+        timeout_ms=_duration(spec, "execution_timeout", path, low_ms=0, high_ms=365 * day) or 0,
+        lease_ms=_duration(spec, "lease_duration", path, low_ms=1000, high_ms=3_600_000) or limits.lease_ms,
+        start_timeout_ms=_duration(spec, "schedule_to_start_timeout", path, low_ms=0, high_ms=365 * day) or 0,
+        result_ttl_ms=_duration(spec, "result_ttl", path, low_ms=1000, high_ms=90 * day) or limits.result_ttl_ms,
+    )

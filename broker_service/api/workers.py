@@ -1,0 +1,336 @@
+"""WorkerService: one Connect stream per worker process, and the session that lives on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from conveyor.v1 import worker_service_pb2 as ws
+from conveyor.v1 import worker_service_pb2_grpc as ws_grpc
+
+from broker_service.api import convert, validate
+from broker_service.api.errors import ApiError, from_exception, invalid_argument
+from broker_service.dispatch import Dispatcher
+from broker_service.domain import (
+    Completion,
+    FailOutcome,
+    Failure,
+    Lease,
+    LeaseState,
+    RedeliveryReason,
+    TaskError,
+    parse_task_id,
+)
+from broker_service.metrics import Metrics
+from broker_service.store.store import Store
+
+log = logging.getLogger(__name__)
+Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
+T = TypeVar("T")
+
+HELLO_TIMEOUT = 10.0
+MAX_PUSH = 256  # most tasks in one Assignments message
+MAX_CONCURRENCY = 100_000
+_RELEASE_REASONS = {r.value for r in RedeliveryReason} - {RedeliveryReason.LEASE_EXPIRED.value}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What a session needs from the broker's settings."""
+
+    broker_id: str
+    heartbeat_seconds: float
+    poll_seconds: float
+
+
+def _group(task_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """Groups positions by queue; malformed ids are left out (they answer as stale)."""
+    groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for index, task_id in enumerate(task_ids):
+        try:
+            ulid, queue = parse_task_id(task_id)
+        except ValueError:
+            continue
+        groups[queue].append((index, ulid))
+    return groups
+
+
+class WorkerSession:
+    """The conversation with one worker: credits in, tasks out, outcomes and heartbeats in between."""
+
+    def __init__(self, hello: ws.Hello, store: Store, metrics: Metrics, dispatcher: Dispatcher,
+                 settings: SessionSettings) -> None:
+        self.worker_id = hello.worker_id
+        self.queues = list(dict.fromkeys(hello.queues))
+        self.concurrency = hello.concurrency
+        self.held: dict[str, int] = {}  # task id -> lease token, for cancel routing
+        self._store = store
+        self._metrics = metrics
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._credits = 0
+        self._wake = asyncio.Event()
+        self._outbox: asyncio.Queue[ws.BrokerMessage | None] = asyncio.Queue()
+        self._draining = False
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # Called from the dispatcher (event loop thread, never awaits).
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel_held(self, queue: str, ulids: set[str]) -> None:
+        ids = [task_id for ulid in ulids if (task_id := f"{ulid}@{queue}") in self.held]
+        if ids:
+            self._outbox.put_nowait(ws.BrokerMessage(cancel=ws.CancelTasks(task_ids=ids)))
+
+    def drain(self, reason: str, grace: float) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        self._wake.set()
+        self._outbox.put_nowait(ws.BrokerMessage(drain=ws.Drain(reason=reason, grace=convert.duration(
+            int(grace * 1000)))))
+
+    async def welcome(self, claims: Sequence[ws.LeaseRef]) -> ws.BrokerMessage:
+        """Re-claims the leases a reconnecting worker still holds; answers Hello."""
+        states = await self._extend(claims)
+        return ws.BrokerMessage(welcome=ws.Welcome(
+            broker_id=self._settings.broker_id,
+            heartbeat_interval=convert.duration(int(self._settings.heartbeat_seconds * 1000)),
+            claims=[ws.LeaseStatus(task_id=c.task_id, state=s) for c, s in zip(claims, states, strict=True)]))
+
+    async def run(self, requests: AsyncIterator[ws.WorkerMessage]) -> AsyncIterator[ws.BrokerMessage]:
+        """Yields what to send until the worker closes its side or an error ends the session."""
+        tasks = [asyncio.create_task(self._guard(self._read(requests)), name=f"read-{self.worker_id}"),
+                 asyncio.create_task(self._guard(self._dispatch()), name=f"dispatch-{self.worker_id}")]
+        try:
+            while (message := await self._outbox.get()) is not None:
+                yield message
+            if self._error is not None:
+                raise self._error
+        finally:
+            self._closed = True
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - ends the session with a mapped status
+            self._error = exc
+        self._outbox.put_nowait(None)
+
+    async def _read(self, requests: AsyncIterator[ws.WorkerMessage]) -> None:
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            if kind == "credit":
+                self._credits = min(self._credits + message.credit.credits, self.concurrency)
+                self._wake.set()
+            elif kind == "heartbeat":
+                states = await self._extend(message.heartbeat.leases)
+                self._outbox.put_nowait(ws.BrokerMessage(lease_statuses=ws.LeaseStatuses(statuses=[
+                    ws.LeaseStatus(task_id=lease.task_id, state=state)
+                    for lease, state in zip(message.heartbeat.leases, states, strict=True)])))
+            elif kind == "outcomes":
+                await self._outcomes(message.outcomes.outcomes)
+            elif kind == "release":
+                await self._release(message.release)
+            elif kind == "progress":
+                await self._progress(message.progress.updates)
+            else:
+                raise invalid_argument(kind or "kind", "only the first message of a stream may be a hello")
+
+    async def _dispatch(self) -> None:
+        while True:
+            if self._credits <= 0 or self._draining:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._wake.clear()
+            leased_any = False
+            for queue in self.queues:
+                if self._credits <= 0 or self._draining:
+                    break
+                leased, expired = await self._store.lease(queue, min(self._credits, MAX_PUSH), self.worker_id)
+                if expired:
+                    self._metrics.expired.labels(queue).inc(len(expired))
+                if not leased:
+                    continue
+                leased_any = True
+                self._credits -= len(leased)
+                wait = self._metrics.wait_seconds.labels(queue)
+                for task in leased:
+                    self.held[task.task_id] = task.lease_token
+                    wait.observe(max(0, task.started_ms - task.queued_at_ms) / 1000)
+                self._outbox.put_nowait(ws.BrokerMessage(assignments=ws.Assignments(
+                    assignments=[convert.assignment(task) for task in leased])))
+            if not leased_any:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+
+    async def _per_queue(self, task_ids: Sequence[str], default: T,
+                         call: Callable[[str, list[tuple[int, str]]], Awaitable[Sequence[T]]]) -> list[T]:
+        """Runs one batched store call per queue; answers in the callers' order."""
+        answers = [default] * len(task_ids)
+        for queue, items in _group(task_ids).items():
+            for (index, _), answer in zip(items, await call(queue, items), strict=True):
+                answers[index] = answer
+        return answers
+
+    async def _extend(self, leases: Sequence[ws.LeaseRef]) -> list[LeaseState]:
+        tokens = [lease.lease_token for lease in leases]
+
+        async def call(queue: str, items: list[tuple[int, str]]) -> list[LeaseState]:
+            states = await self._store.extend(queue, [Lease(u, tokens[i]) for i, u in items], self.worker_id)
+            stale = sum(1 for s in states if s is LeaseState.STALE)
+            if stale:
+                self._metrics.stale_rejections.labels(queue).inc(stale)
+            return states
+
+        states = await self._per_queue([lease.task_id for lease in leases], LeaseState.STALE, call)
+        for lease, state in zip(leases, states, strict=True):
+            if state is LeaseState.STALE:
+                self.held.pop(lease.task_id, None)
+            else:
+                self.held[lease.task_id] = lease.lease_token
+        return states
+
+    async def _outcomes(self, outcomes: Sequence[ws.Outcome]) -> None:
+        accepted = [False] * len(outcomes)
+        for queue, items in _group([o.task_id for o in outcomes]).items():
+            by_kind: dict[str, list[tuple[int, str]]] = defaultdict(list)
+            for index, ulid in items:
+                by_kind[outcomes[index].WhichOneof("result") or "failure"].append((index, ulid))
+            for kind, group in by_kind.items():
+                for (index, _), ok in zip(group, await self._apply(queue, kind, group, outcomes), strict=True):
+                    accepted[index] = ok
+        for outcome, ok in zip(outcomes, accepted, strict=True):
+            self.held.pop(outcome.task_id, None)
+            if not ok:
+                log.info("outcome refused: stale lease task_id=%s worker=%s", outcome.task_id, self.worker_id)
+        stale = ws.OUTCOME_STATUS_STALE
+        self._outbox.put_nowait(ws.BrokerMessage(outcome_acks=ws.OutcomeAcks(acks=[
+            ws.OutcomeAck(task_id=o.task_id, status=ws.OUTCOME_STATUS_ACCEPTED if ok else stale)
+            for o, ok in zip(outcomes, accepted, strict=True)])))
+
+    async def _apply(self, queue: str, kind: str, group: list[tuple[int, str]],
+                     outcomes: Sequence[ws.Outcome]) -> list[bool]:
+        m = self._metrics
+        if kind == "success":
+            completions = [Completion(u, outcomes[i].lease_token, outcomes[i].success.payload,
+                                      outcomes[i].success.content_type) for i, u in group]
+            run_ms = await self._store.complete(queue, completions)
+            accepted = [ms is not None for ms in run_ms]
+            m.completed.labels(queue).inc(sum(accepted))
+            histogram = m.run_seconds.labels(queue)
+            for ms in run_ms:
+                if ms is not None:
+                    histogram.observe(ms / 1000)
+        elif kind == "cancelled":
+            accepted = await self._store.cancelled(queue, [Lease(u, outcomes[i].lease_token) for i, u in group])
+            m.cancelled.labels(queue).inc(sum(accepted))
+        else:
+            failures = [self._failure(u, outcomes[i]) for i, u in group]
+            results = await self._store.fail(queue, failures, [random.random() for _ in failures])
+            accepted = [r is not FailOutcome.STALE for r in results]
+            m.retried.labels(queue).inc(sum(r is FailOutcome.RETRYING for r in results))
+            m.failed.labels(queue).inc(sum(r is FailOutcome.DEAD for r in results))
+            m.cancelled.labels(queue).inc(sum(r is FailOutcome.CANCELLED for r in results))
+        refused = len(accepted) - sum(accepted)
+        if refused:
+            m.stale_rejections.labels(queue).inc(refused)
+        return accepted
+
+    @staticmethod
+    def _failure(ulid: str, outcome: ws.Outcome) -> Failure:
+        failure = outcome.failure
+        error = TaskError(type=failure.error.type[:256] or "Error", message=failure.error.message[:65536],
+                          traceback=failure.error.traceback[:65536], retryable=failure.error.retryable)
+        retry_after = validate.duration_ms(failure.retry_after) if failure.HasField("retry_after") else -1
+        return Failure(ulid, outcome.lease_token, error, max(-1, retry_after))
+
+    async def _release(self, release: ws.Release) -> None:
+        reason = release.reason if release.reason in _RELEASE_REASONS else RedeliveryReason.NACK.value
+        tokens = [lease.lease_token for lease in release.leases]
+
+        async def call(queue: str, items: list[tuple[int, str]]) -> list[bool]:
+            done = await self._store.release(queue, [Lease(u, tokens[i]) for i, u in items], reason,
+                                             release.started)
+            self._metrics.redeliveries.labels(queue, reason).inc(sum(done))
+            return done
+
+        await self._per_queue([lease.task_id for lease in release.leases], False, call)
+        for lease in release.leases:
+            self.held.pop(lease.task_id, None)
+
+    async def _progress(self, updates: Sequence[ws.ProgressUpdate]) -> None:
+        values = [(min(1.0, max(0.0, u.progress)), u.message[:1024]) for u in updates]
+
+        async def call(queue: str, items: list[tuple[int, str]]) -> list[bool]:
+            return await self._store.progress(queue, [Lease(u, updates[i].lease_token) for i, u in items],
+                                              [values[i] for i, _ in items])
+
+        await self._per_queue([u.task_id for u in updates], False, call)
+
+
+class WorkerService(ws_grpc.WorkerServiceServicer):
+    """conveyor.v1.WorkerService."""
+
+    def __init__(self, store: Store, metrics: Metrics, dispatcher: Dispatcher, settings: SessionSettings) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._dispatcher = dispatcher
+        self._settings = settings
+
+    async def Connect(self, request_iterator: AsyncIterator[ws.WorkerMessage],
+                      context: Context) -> AsyncIterator[ws.BrokerMessage]:
+        session: WorkerSession | None = None
+        try:
+            if self._dispatcher.draining:
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, "broker is shutting down", "DRAINING")
+            try:
+                first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
+            except (StopAsyncIteration, TimeoutError):
+                raise invalid_argument("hello", f"a hello must arrive within {HELLO_TIMEOUT:g}s") from None
+            hello = _check_hello(first)
+            session = WorkerSession(hello, self._store, self._metrics, self._dispatcher, self._settings)
+            yield await session.welcome(hello.claims)
+            self._dispatcher.register(session)
+            log.info("worker connected worker=%s queues=%s concurrency=%d peer=%s", session.worker_id,
+                     ",".join(session.queues), session.concurrency, context.peer())
+            async for message in session.run(request_iterator):
+                yield message
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never a traceback
+            await context.abort_with_status(from_exception(exc).to_status())
+        finally:
+            if session is not None:
+                self._dispatcher.unregister(session)
+                log.info("worker disconnected worker=%s", session.worker_id)
+
+
+def _check_hello(message: ws.WorkerMessage) -> ws.Hello:
+    if message.WhichOneof("kind") != "hello":
+        raise invalid_argument("hello", "the first message of a stream must be a hello")
+    hello = message.hello
+    if not 1 <= len(hello.worker_id) <= 128 or not hello.worker_id.isprintable():
+        raise invalid_argument("hello.worker_id", "must be 1 to 128 printable characters")
+    if not 1 <= len(hello.queues) <= 64:
+        raise invalid_argument("hello.queues", "1 to 64 queues are required")
+    for i, queue in enumerate(hello.queues):
+        validate.queue_name(queue, f"hello.queues[{i}]")
+    if not 1 <= hello.concurrency <= MAX_CONCURRENCY:
+        raise invalid_argument("hello.concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
+    return hello

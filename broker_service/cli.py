@@ -1,0 +1,90 @@
+"""The `conveyor` command: `serve` runs the broker; other subcommands belong to the SDKs.
+
+This module is the one place that knows all three packages, and it imports an SDK only when
+its subcommand runs, so the broker never loads SDK code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from broker_service import config
+
+USAGE = """usage: conveyor COMMAND [ARGS]
+
+commands:
+  serve      run the broker (conveyor serve --help)
+  worker     run a worker: conveyor worker module:attribute
+  demo       run broker, worker and a batch of example tasks together
+  enqueue    submit a task            get     read a task
+  wait       wait for a task          cancel  cancel a task
+  list       list a queue's tasks
+"""
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve(rest)
+    if command == "worker":
+        from worker_sdk.cli import main as worker_main
+
+        return worker_main(rest)
+    if command == "demo":
+        from client_sdk.demo import main as demo_main
+
+        return demo_main(rest)
+    if command in CLIENT_COMMANDS:
+        from client_sdk.cli import main as client_main
+
+        return client_main(args)
+    print(f"conveyor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def serve(argv: Sequence[str]) -> int:
+    """Runs the broker until SIGTERM or SIGINT, then drains and exits 0."""
+    settings = config.parse(argv)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(settings: config.Settings) -> int:
+    from broker_service.server import Broker, BrokerStartError
+
+    broker = Broker(settings)
+    try:
+        await broker.start()
+    except BrokerStartError as exc:
+        logging.getLogger("conveyor").error("%s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"conveyor broker listening on port {broker.port}", flush=True)
+    await stop.wait()
+    logging.getLogger("conveyor").info("signal received: draining (grace %.1fs)", settings.shutdown_grace_seconds)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    with contextlib.suppress(asyncio.CancelledError):
+        await broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

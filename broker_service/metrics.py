@@ -1,0 +1,42 @@
+"""Every metric the broker exports, registered on an injected registry (nothing at import time)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Run times reach an hour and beyond: tasks are often long.
+RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400)
+
+
+class Metrics:
+    """The broker's metrics. Labels stay low-cardinality: queue, state, reason, never a task id."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.enqueued = Counter("conveyor_tasks_enqueued", "Tasks submitted.", ["queue"], registry=r)
+        self.completed = Counter("conveyor_tasks_completed", "Tasks that succeeded.", ["queue"], registry=r)
+        self.failed = Counter("conveyor_tasks_failed",
+                              "Tasks that failed for good (moved to the dead-letter set).", ["queue"], registry=r)
+        self.retried = Counter("conveyor_tasks_retried", "Failed attempts that will be retried.",
+                               ["queue"], registry=r)
+        self.cancelled = Counter("conveyor_tasks_cancelled", "Tasks cancelled.", ["queue"], registry=r)
+        self.expired = Counter("conveyor_tasks_expired",
+                               "Tasks not started before their schedule-to-start deadline.", ["queue"], registry=r)
+        self.redeliveries = Counter("conveyor_redeliveries", "Tasks put back into their queue, by reason.",
+                                    ["queue", "reason"], registry=r)
+        self.stale_rejections = Counter("conveyor_lease_stale_rejections",
+                                        "Outcomes, extensions or progress refused for a stale lease token.",
+                                        ["queue"], registry=r)
+        self.depth = Gauge("conveyor_queue_depth", "Tasks in each state of each queue.",
+                           ["queue", "state"], registry=r)
+        self.run_seconds = Histogram("conveyor_task_run_seconds", "Run time of successful attempts.",
+                                     ["queue"], buckets=RUN_BUCKETS, registry=r)
+        self.wait_seconds = Histogram("conveyor_task_queue_wait_seconds",
+                                      "Time from ready to leased (queue wait).", ["queue"],
+                                      buckets=WAIT_BUCKETS, registry=r)
+        self.workers = Gauge("conveyor_workers_connected", "Worker streams connected to this broker.",
+                             registry=r)
+        self.store_errors = Counter("conveyor_store_errors", "Redis calls that failed (unreachable or timed out).",
+                                    registry=r)
