@@ -1,0 +1,57 @@
+-- cancel_running: a worker stopped running tasks because they were cancelled; they end CANCELLED.
+--
+-- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] running      ZSET     leased tasks
+-- KEYS[3] cancelled    ZSET     cancelled tasks, score record expiry ms
+-- KEYS[4] events       channel  the queue's pub/sub channel
+--
+-- ARGV[1..] 2 per lease:
+--   ulid   string  the task's ulid
+--   token  int     the lease token presented
+--
+-- Returns: array, one integer per lease: 1 if it was current (now CANCELLED, kept `ttl` ms),
+--   0 if stale.
+-- Publishes: `cancelled <ulids>`.
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local running = KEYS[2]
+local cancelled = KEYS[3]
+local events = KEYS[4]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local answers, done_ids, to_cancel = {}, {}, {}
+for i = 1, #ARGV, 2 do
+  local ulid = ARGV[i]
+  local token = ARGV[i + 1]
+  local key = task_prefix .. ulid
+  local f = redis.call('HMGET', key, 'state', 'token', 'ttl', 'reason', 'cancel')
+  if f[1] ~= 'running' or f[2] ~= token then
+    answers[#answers + 1] = 0
+  else
+    local ttl = tonumber(f[3])
+    if f[5] and f[4] then
+      redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
+    else
+      redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', 'cancelled')
+    end
+    if f[5] then redis.call('HDEL', key, 'cancel') end
+    redis.call('PEXPIRE', key, ttl)
+    to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
+    done_ids[#done_ids + 1] = ulid
+    answers[#answers + 1] = 1
+  end
+end
+
+in_chunks('ZREM', running, done_ids)
+in_chunks('ZADD', cancelled, to_cancel)
+if #done_ids > 0 then redis.call('PUBLISH', events, 'cancelled ' .. table.concat(done_ids, ' ')) end
+return answers

@@ -1,0 +1,109 @@
+-- enqueue: writes new tasks of one queue, each to `queued` (ready now) or `scheduled` (due later).
+--
+-- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] queued           ZSET     ready tasks, score (9 - prio) * 1e13 + ready ms
+-- KEYS[3] scheduled        ZSET     delayed tasks, score due ms
+-- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[5] events           channel  the queue's pub/sub channel
+--
+-- ARGV[1..] 17 per task:
+--   ulid           string  the task's ulid
+--   name           string  task name
+--   payload        bytes   opaque payload ('' = none, stored absent)
+--   ctype          string  payload media type ('' = application/json, stored absent)
+--   headers        string  headers as a JSON object ('' = none, stored absent)
+--   prio           int     priority 0..9
+--   max            int     attempts allowed
+--   b_init         int     first retry backoff, ms
+--   b_max          int     backoff cap, ms
+--   b_mult         float   backoff multiplier
+--   b_jit          float   jitter fraction 0..1
+--   timeout        int     execution timeout per attempt, ms (0 = none)
+--   lease          int     lease duration, ms
+--   ttl            int     result TTL, ms
+--   run_at         int     absolute due time, ms (0 = none)
+--   delay          int     delay from now, ms (used when run_at is 0)
+--   start_timeout  int     schedule-to-start timeout counted from due, ms (0 = none)
+--
+-- Returns: array, one state label per task: "queued" or "scheduled"; a ulid that already
+--   exists is left untouched and answers its current state (a retried enqueue is idempotent).
+-- Publishes: `wake` when `queued` was empty before and now is not.
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local queued = KEYS[2]
+local scheduled = KEYS[3]
+local start_deadlines = KEYS[4]
+local events = KEYS[5]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local was_empty = redis.call('ZCARD', queued) == 0
+local to_queue, to_schedule, to_start_by, answers = {}, {}, {}, {}
+
+for i = 1, #ARGV, 17 do
+  local ulid = ARGV[i]
+  local name = ARGV[i + 1]
+  local payload = ARGV[i + 2]
+  local ctype = ARGV[i + 3]
+  local headers = ARGV[i + 4]
+  local prio = tonumber(ARGV[i + 5])
+  local max = ARGV[i + 6]
+  local b_init = ARGV[i + 7]
+  local b_max = ARGV[i + 8]
+  local b_mult = ARGV[i + 9]
+  local b_jit = ARGV[i + 10]
+  local timeout = tonumber(ARGV[i + 11])
+  local lease = ARGV[i + 12]
+  local ttl = ARGV[i + 13]
+  local run_at = tonumber(ARGV[i + 14])
+  local delay = tonumber(ARGV[i + 15])
+  local start_timeout = tonumber(ARGV[i + 16])
+
+  local key = task_prefix .. ulid
+  local existing = redis.call('HGET', key, 'state')
+  if existing then
+    answers[#answers + 1] = existing
+  else
+    local due = now + delay
+    if run_at > 0 then due = run_at end
+    if due < now then due = now end
+    local state = 'queued'
+    if due > now then state = 'scheduled' end
+
+    local fields = {'state', state, 'name', name, 'max', max, 'b_init', b_init, 'b_max', b_max,
+                    'b_mult', b_mult, 'lease', lease, 'ttl', ttl, 'created', now, 'due', due}
+    if payload ~= '' then fields[#fields + 1] = 'payload'; fields[#fields + 1] = payload end
+    if ctype ~= '' then fields[#fields + 1] = 'ctype'; fields[#fields + 1] = ctype end
+    if headers ~= '' then fields[#fields + 1] = 'headers'; fields[#fields + 1] = headers end
+    if prio ~= 0 then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
+    if tonumber(b_jit) ~= 0 then fields[#fields + 1] = 'b_jit'; fields[#fields + 1] = b_jit end
+    if timeout > 0 then fields[#fields + 1] = 'timeout'; fields[#fields + 1] = timeout end
+    if start_timeout > 0 then
+      local start_by = due + start_timeout
+      fields[#fields + 1] = 'start_by'; fields[#fields + 1] = start_by
+      to_start_by[#to_start_by + 1] = start_by; to_start_by[#to_start_by + 1] = ulid
+    end
+    redis.call('HSET', key, unpack(fields))
+
+    if state == 'queued' then
+      to_queue[#to_queue + 1] = (9 - prio) * 1e13 + due; to_queue[#to_queue + 1] = ulid
+    else
+      to_schedule[#to_schedule + 1] = due; to_schedule[#to_schedule + 1] = ulid
+    end
+    answers[#answers + 1] = state
+  end
+end
+
+in_chunks('ZADD', queued, to_queue)
+in_chunks('ZADD', scheduled, to_schedule)
+in_chunks('ZADD', start_deadlines, to_start_by)
+if was_empty and #to_queue > 0 then redis.call('PUBLISH', events, 'wake') end
+return answers

@@ -1,0 +1,56 @@
+-- expire: ends waiting tasks past their schedule-to-start deadline as EXPIRED.
+--
+-- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[3] queued           ZSET     ready tasks
+-- KEYS[4] scheduled        ZSET     delayed tasks
+-- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
+-- KEYS[6] events           channel  the queue's pub/sub channel
+--
+-- ARGV[1] limit  int  most deadlines handled by this call
+--
+-- Returns: array of the ulids that ended EXPIRED (reason schedule_to_start, kept `ttl` ms).
+--   A deadline whose task already started or finished is only dropped from the index.
+-- Publishes: `expired <ulids>`.
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local start_deadlines = KEYS[2]
+local queued = KEYS[3]
+local scheduled = KEYS[4]
+local expired = KEYS[5]
+local events = KEYS[6]
+local limit = tonumber(ARGV[1])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local due = redis.call('ZRANGEBYSCORE', start_deadlines, '-inf', now, 'LIMIT', 0, limit)
+local ids, from_queued, from_scheduled, to_expired = {}, {}, {}, {}
+for _, ulid in ipairs(due) do
+  local key = task_prefix .. ulid
+  local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl')
+  local state = f[1]
+  if (state == 'queued' or state == 'scheduled' or state == 'pending') and tonumber(f[2] or '0') == 0 then
+    local ttl = tonumber(f[3])
+    if state == 'queued' then from_queued[#from_queued + 1] = ulid end
+    if state == 'scheduled' then from_scheduled[#from_scheduled + 1] = ulid end
+    redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
+    redis.call('PEXPIRE', key, ttl)
+    to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
+    ids[#ids + 1] = ulid
+  end
+end
+
+in_chunks('ZREM', start_deadlines, due)
+in_chunks('ZREM', queued, from_queued)
+in_chunks('ZREM', scheduled, from_scheduled)
+in_chunks('ZADD', expired, to_expired)
+if #ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(ids, ' ')) end
+return ids

@@ -1,0 +1,135 @@
+-- fail: records failed attempts; each task is retried (scheduled or queued), dead-lettered or cancelled.
+--
+-- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] running      ZSET     leased tasks
+-- KEYS[3] queued       ZSET     ready tasks
+-- KEYS[4] scheduled    ZSET     delayed tasks and retries in backoff
+-- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
+-- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
+-- KEYS[7] events       channel  the queue's pub/sub channel
+--
+-- ARGV[1] dl_ttl  int  how long a dead-lettered record is kept, ms
+-- ARGV[2] dl_max  int  most tasks kept in the dead-letter set (the oldest are deleted)
+-- ARGV[3..] 8 per item:
+--   ulid         string  the task's ulid
+--   token        int     the lease token presented
+--   e_type       string  error type
+--   e_msg        string  error message ('' = stored absent)
+--   e_tb         string  traceback ('' = stored absent)
+--   e_retry      int     1 retryable, 0 not
+--   retry_after  int     retry delay in ms; < 0 means the task's backoff policy
+--   r            float   random fraction in [0, 1) for the backoff jitter
+--
+-- Returns: array, one outcome per item: "retrying", "dead", "cancelled" or "stale".
+--   A task with a cancel request ends CANCELLED; a non-retryable error or the last attempt
+--   ends FAILED (reason non_retryable / attempts_exhausted); otherwise the retry waits
+--   min(b_max, b_init * b_mult^(attempt-1)) * (1 - b_jit * r) ms (or retry_after), a zero
+--   delay going straight to `queued` (reason retry).
+-- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind).
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local running = KEYS[2]
+local queued = KEYS[3]
+local scheduled = KEYS[4]
+local failed = KEYS[5]
+local cancelled = KEYS[6]
+local events = KEYS[7]
+local dl_ttl = tonumber(ARGV[1])
+local dl_max = tonumber(ARGV[2])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local function publish(kind, ids)
+  if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
+end
+
+local answers, left_running = {}, {}
+local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
+local queued_ids, scheduled_ids, dead_ids, cancelled_ids = {}, {}, {}, {}
+
+for i = 3, #ARGV, 8 do
+  local ulid = ARGV[i]
+  local token = ARGV[i + 1]
+  local e_type = ARGV[i + 2]
+  local e_msg = ARGV[i + 3]
+  local e_tb = ARGV[i + 4]
+  local e_retry = ARGV[i + 5]
+  local retry_after = tonumber(ARGV[i + 6])
+  local r = tonumber(ARGV[i + 7])
+
+  local key = task_prefix .. ulid
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'max', 'b_init', 'b_max', 'b_mult',
+                       'b_jit', 'prio', 'cancel', 'ttl')
+  if f[1] ~= 'running' or f[2] ~= token then
+    answers[#answers + 1] = 'stale'
+  else
+    local attempt = tonumber(f[3])
+    left_running[#left_running + 1] = ulid
+    local err = {'e_type', e_type, 'e_retry', e_retry}
+    local blank = {}
+    if e_msg ~= '' then err[#err + 1] = 'e_msg'; err[#err + 1] = e_msg else blank[#blank + 1] = 'e_msg' end
+    if e_tb ~= '' then err[#err + 1] = 'e_tb'; err[#err + 1] = e_tb else blank[#blank + 1] = 'e_tb' end
+    if #blank > 0 and attempt > 1 then redis.call('HDEL', key, unpack(blank)) end
+
+    if f[10] == '1' then
+      local ttl = tonumber(f[11])
+      redis.call('HSET', key, 'state', 'cancelled', 'finished', now, unpack(err))
+      redis.call('HDEL', key, 'cancel')
+      redis.call('PEXPIRE', key, ttl)
+      to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
+      cancelled_ids[#cancelled_ids + 1] = ulid
+      answers[#answers + 1] = 'cancelled'
+    elseif e_retry == '0' or attempt >= tonumber(f[4]) then
+      local reason = 'attempts_exhausted'
+      if e_retry == '0' then reason = 'non_retryable' end
+      redis.call('HSET', key, 'state', 'failed', 'finished', now, 'reason', reason, unpack(err))
+      redis.call('PEXPIRE', key, dl_ttl)
+      to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
+      dead_ids[#dead_ids + 1] = ulid
+      answers[#answers + 1] = 'dead'
+    else
+      local delay = retry_after
+      if delay < 0 then
+        local raw = math.min(tonumber(f[6]), tonumber(f[5]) * tonumber(f[7]) ^ (attempt - 1))
+        delay = math.floor(raw * (1 - tonumber(f[8] or '0') * r))
+      end
+      if delay <= 0 then
+        redis.call('HSET', key, 'state', 'queued', 'due', now, 'reason', 'retry', unpack(err))
+        to_queue[#to_queue + 1] = (9 - tonumber(f[9] or '0')) * 1e13 + now
+        to_queue[#to_queue + 1] = ulid
+        queued_ids[#queued_ids + 1] = ulid
+      else
+        redis.call('HSET', key, 'state', 'scheduled', 'due', now + delay, 'reason', 'retry', unpack(err))
+        to_schedule[#to_schedule + 1] = now + delay; to_schedule[#to_schedule + 1] = ulid
+        scheduled_ids[#scheduled_ids + 1] = ulid
+      end
+      answers[#answers + 1] = 'retrying'
+    end
+  end
+end
+
+in_chunks('ZREM', running, left_running)
+in_chunks('ZADD', queued, to_queue)
+in_chunks('ZADD', scheduled, to_schedule)
+in_chunks('ZADD', cancelled, to_cancel)
+if #to_dead > 0 then
+  in_chunks('ZADD', failed, to_dead)
+  local excess = redis.call('ZCARD', failed) - dl_max
+  if excess > 0 then
+    local gone = redis.call('ZPOPMIN', failed, excess)
+    for j = 1, #gone, 2 do redis.call('DEL', task_prefix .. gone[j]) end
+  end
+end
+publish('queued', queued_ids)
+publish('scheduled', scheduled_ids)
+publish('failed', dead_ids)
+publish('cancelled', cancelled_ids)
+return answers

@@ -1,0 +1,140 @@
+-- reap: handles running tasks whose deadline passed: lease expired or execution timeout exceeded.
+--
+-- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] running      ZSET     leased tasks, score min(lease deadline, execution deadline)
+-- KEYS[3] queued       ZSET     ready tasks
+-- KEYS[4] scheduled    ZSET     delayed tasks and retries in backoff
+-- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
+-- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
+-- KEYS[7] events       channel  the queue's pub/sub channel
+--
+-- ARGV[1] limit   int    most tasks handled by this call
+-- ARGV[2] r       float  random fraction in [0, 1); item i uses frac(r + i * 0.618...) as jitter
+-- ARGV[3] dl_ttl  int    how long a dead-lettered record is kept, ms
+-- ARGV[4] dl_max  int    most tasks kept in the dead-letter set (the oldest are deleted)
+--
+-- Returns: {requeued, timed_out, dead, cancelled}, four arrays of ulids; each task is in one.
+--   A cancel request wins: CANCELLED. Past its execution deadline: the attempt fails with
+--   error TimeoutError (reason execution_timeout) and is retried per the backoff policy
+--   (timed_out), or dead-lettered on the last attempt (dead). Otherwise the lease expired:
+--   back to `queued` in its old place (reason lease_expired; requeued), or dead-lettered with
+--   error LeaseExpired on the last attempt (dead).
+-- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind).
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local running = KEYS[2]
+local queued = KEYS[3]
+local scheduled = KEYS[4]
+local failed = KEYS[5]
+local cancelled = KEYS[6]
+local events = KEYS[7]
+local limit = tonumber(ARGV[1])
+local r = tonumber(ARGV[2])
+local dl_ttl = tonumber(ARGV[3])
+local dl_max = tonumber(ARGV[4])
+
+local GOLDEN = 0.6180339887
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local function publish(kind, ids)
+  if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
+end
+
+local due_ids = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, limit)
+local requeued, timed_out, dead, cancelled_ids = {}, {}, {}, {}
+local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
+local queued_ids, scheduled_ids = {}, {}
+
+local function set_error(key, attempt, fields, e_type, e_msg)
+  fields[#fields + 1] = 'e_type'; fields[#fields + 1] = e_type
+  fields[#fields + 1] = 'e_msg'; fields[#fields + 1] = e_msg
+  fields[#fields + 1] = 'e_retry'; fields[#fields + 1] = '1'
+  redis.call('HSET', key, unpack(fields))
+  if attempt > 1 then redis.call('HDEL', key, 'e_tb') end
+end
+
+for i, ulid in ipairs(due_ids) do
+  local key = task_prefix .. ulid
+  local f = redis.call('HMGET', key, 'state', 'attempt', 'max', 'b_init', 'b_max', 'b_mult', 'b_jit',
+                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease')
+  if f[1] == 'running' then
+    local attempt = tonumber(f[2])
+    local exhausted = attempt >= tonumber(f[3])
+    local exec_dl = tonumber(f[11] or '0')
+    if f[9] == '1' then
+      local ttl = tonumber(f[10])
+      redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
+      redis.call('HDEL', key, 'cancel')
+      redis.call('PEXPIRE', key, ttl)
+      to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
+      cancelled_ids[#cancelled_ids + 1] = ulid
+    elseif exec_dl > 0 and exec_dl <= now then
+      local msg = 'attempt ' .. attempt .. ' exceeded its execution timeout of ' .. f[13] .. ' ms'
+      if exhausted then
+        set_error(key, attempt, {'state', 'failed', 'finished', now, 'reason', 'execution_timeout'},
+                  'TimeoutError', msg)
+        redis.call('PEXPIRE', key, dl_ttl)
+        to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
+        dead[#dead + 1] = ulid
+      else
+        local ri = (r + (i - 1) * GOLDEN) % 1
+        local raw = math.min(tonumber(f[5]), tonumber(f[4]) * tonumber(f[6]) ^ (attempt - 1))
+        local delay = math.floor(raw * (1 - tonumber(f[7] or '0') * ri))
+        if delay <= 0 then
+          set_error(key, attempt, {'state', 'queued', 'due', now, 'reason', 'execution_timeout'},
+                    'TimeoutError', msg)
+          to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + now
+          to_queue[#to_queue + 1] = ulid
+          queued_ids[#queued_ids + 1] = ulid
+        else
+          set_error(key, attempt, {'state', 'scheduled', 'due', now + delay, 'reason', 'execution_timeout'},
+                    'TimeoutError', msg)
+          to_schedule[#to_schedule + 1] = now + delay; to_schedule[#to_schedule + 1] = ulid
+          scheduled_ids[#scheduled_ids + 1] = ulid
+        end
+        timed_out[#timed_out + 1] = ulid
+      end
+    elseif exhausted then
+      local msg = 'lease of ' .. f[14] .. ' ms expired without a heartbeat on attempt ' .. attempt
+      set_error(key, attempt, {'state', 'failed', 'finished', now, 'reason', 'lease_expired'},
+                'LeaseExpired', msg)
+      redis.call('PEXPIRE', key, dl_ttl)
+      to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
+      dead[#dead + 1] = ulid
+    else
+      redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
+      to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + tonumber(f[12])
+      to_queue[#to_queue + 1] = ulid
+      queued_ids[#queued_ids + 1] = ulid
+      requeued[#requeued + 1] = ulid
+    end
+  end
+  -- an entry whose record is gone or not running is only dropped from the index
+end
+
+in_chunks('ZREM', running, due_ids)
+in_chunks('ZADD', queued, to_queue)
+in_chunks('ZADD', scheduled, to_schedule)
+in_chunks('ZADD', cancelled, to_cancel)
+if #to_dead > 0 then
+  in_chunks('ZADD', failed, to_dead)
+  local excess = redis.call('ZCARD', failed) - dl_max
+  if excess > 0 then
+    local gone = redis.call('ZPOPMIN', failed, excess)
+    for j = 1, #gone, 2 do redis.call('DEL', task_prefix .. gone[j]) end
+  end
+end
+publish('queued', queued_ids)
+publish('scheduled', scheduled_ids)
+publish('failed', dead)
+publish('cancelled', cancelled_ids)
+return {requeued, timed_out, dead, cancelled_ids}

@@ -1,0 +1,84 @@
+-- release: hands leased tasks back to `queued` at once, in their old place (worker shutdown, nack).
+--
+-- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
+-- KEYS[2] running          ZSET     leased tasks
+-- KEYS[3] queued           ZSET     ready tasks
+-- KEYS[4] cancelled        ZSET     cancelled tasks, score record expiry ms
+-- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[6] events           channel  the queue's pub/sub channel
+--
+-- ARGV[1] reason   string  why the tasks come back (stored as `reason`)
+-- ARGV[2] started  int     1 if the attempts started; 0 and the attempt is not counted
+-- ARGV[3..] 2 per lease:
+--   ulid   string  the task's ulid
+--   token  int     the lease token presented
+--
+-- Returns: array, one integer per lease: 1 if it was current, 0 if stale. A task with a
+--   cancel request ends CANCELLED instead. A task back at attempt 0 regains its start_by entry.
+-- Publishes: `queued`, `cancelled` with their ulids (one message per kind).
+-- Errors: none.
+
+local task_prefix = KEYS[1]
+local running = KEYS[2]
+local queued = KEYS[3]
+local cancelled = KEYS[4]
+local start_deadlines = KEYS[5]
+local events = KEYS[6]
+local reason = ARGV[1]
+local started = ARGV[2]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function in_chunks(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+local function publish(kind, ids)
+  if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
+end
+
+local answers, left_running, to_queue, to_cancel, to_start_by = {}, {}, {}, {}, {}
+local queued_ids, cancelled_ids = {}, {}
+
+for i = 3, #ARGV, 2 do
+  local ulid = ARGV[i]
+  local token = ARGV[i + 1]
+  local key = task_prefix .. ulid
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by')
+  if f[1] ~= 'running' or f[2] ~= token then
+    answers[#answers + 1] = 0
+  else
+    left_running[#left_running + 1] = ulid
+    if f[6] == '1' then
+      local ttl = tonumber(f[7])
+      redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
+      redis.call('HDEL', key, 'cancel')
+      redis.call('PEXPIRE', key, ttl)
+      to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
+      cancelled_ids[#cancelled_ids + 1] = ulid
+    else
+      local attempt = tonumber(f[3])
+      if started ~= '1' and attempt > 0 then attempt = attempt - 1 end
+      redis.call('HSET', key, 'state', 'queued', 'reason', reason, 'attempt', attempt)
+      if attempt == 0 then
+        redis.call('HDEL', key, 'started')
+        if f[8] then to_start_by[#to_start_by + 1] = f[8]; to_start_by[#to_start_by + 1] = ulid end
+      end
+      to_queue[#to_queue + 1] = (9 - tonumber(f[4] or '0')) * 1e13 + tonumber(f[5])
+      to_queue[#to_queue + 1] = ulid
+      queued_ids[#queued_ids + 1] = ulid
+    end
+    answers[#answers + 1] = 1
+  end
+end
+
+in_chunks('ZREM', running, left_running)
+in_chunks('ZADD', queued, to_queue)
+in_chunks('ZADD', cancelled, to_cancel)
+in_chunks('ZADD', start_deadlines, to_start_by)
+publish('queued', queued_ids)
+publish('cancelled', cancelled_ids)
+return answers

@@ -1,0 +1,130 @@
+"""Decoding of task hashes and script replies into domain objects (field names: lua/KEYS.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from broker_service.domain import (
+    DEFAULT_CONTENT_TYPE,
+    LeasedTask,
+    RetryPolicy,
+    TaskError,
+    TaskRecord,
+    TaskState,
+)
+
+# Every field a task hash can hold; listings read all of them but the two payloads.
+RECORD_FIELDS: tuple[str, ...] = (
+    "name", "state", "payload", "ctype", "headers", "prio", "attempt", "max",
+    "b_init", "b_max", "b_mult", "b_jit", "timeout", "lease", "ttl",
+    "created", "due", "started", "finished", "start_by", "token", "worker", "exec_dl",
+    "result", "rtype", "e_type", "e_msg", "e_tb", "e_retry", "reason", "cancel", "prog", "prog_msg",
+)
+LIST_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("payload", "result"))
+
+# Entries per task in lease.lua's reply.
+LEASED_ENTRIES = 11
+
+_DEFAULT_RETRY = RetryPolicy()
+
+
+def text(value: bytes | str | None, default: str = "") -> str:
+    if value is None:
+        return default
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def integer(value: bytes | str | int | None, default: int = 0) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    return int(float(value))
+
+
+def real(value: bytes | str | None, default: float = 0.0) -> float:
+    return default if value is None else float(value)
+
+
+def headers_from(value: bytes | str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    decoded = json.loads(value)
+    return {str(k): str(v) for k, v in decoded.items()} if isinstance(decoded, dict) else {}
+
+
+def headers_to(headers: Mapping[str, str]) -> str:
+    """JSON of the headers, '' when there are none (the field then stays absent)."""
+    return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False) if headers else ""
+
+
+def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]) -> TaskRecord:
+    """A TaskRecord from a task hash read as {field: value} (absent fields missing or None)."""
+    get = fields.get
+    error = None
+    if get("e_type") is not None:
+        error = TaskError(type=text(get("e_type")), message=text(get("e_msg")),
+                          traceback=text(get("e_tb")), retryable=get("e_retry") != b"0")
+    return TaskRecord(
+        ulid=ulid,
+        queue=queue,
+        name=text(get("name")),
+        state=TaskState.from_label(text(get("state"))),
+        payload=get("payload") or b"",
+        content_type=text(get("ctype"), DEFAULT_CONTENT_TYPE),
+        headers=headers_from(get("headers")),
+        priority=integer(get("prio")),
+        attempt=integer(get("attempt")),
+        retry=RetryPolicy(
+            max_attempts=integer(get("max"), _DEFAULT_RETRY.max_attempts),
+            initial_backoff_ms=integer(get("b_init"), _DEFAULT_RETRY.initial_backoff_ms),
+            max_backoff_ms=integer(get("b_max"), _DEFAULT_RETRY.max_backoff_ms),
+            multiplier=real(get("b_mult"), _DEFAULT_RETRY.multiplier),
+            jitter=real(get("b_jit")),
+        ),
+        timeout_ms=integer(get("timeout")),
+        lease_ms=integer(get("lease"), 30_000),
+        result_ttl_ms=integer(get("ttl"), 86_400_000),
+        created_ms=integer(get("created")),
+        scheduled_ms=integer(get("due")),
+        started_ms=integer(get("started")),
+        finished_ms=integer(get("finished")),
+        start_by_ms=integer(get("start_by")),
+        result=get("result") or b"",
+        result_content_type=text(get("rtype")),
+        error=error,
+        reason=text(get("reason")),
+        cancel_requested=get("cancel") == b"1",
+        progress=real(get("prog")),
+        progress_message=text(get("prog_msg")),
+        worker_id=text(get("worker")),
+        lease_token=integer(get("token")),
+    )
+
+
+def record_from_hash(ulid: str, queue: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord:
+    """A TaskRecord from an HGETALL reply."""
+    fields = {text(k): v if isinstance(v, bytes) else v.encode() for k, v in raw.items()}
+    return record_from_fields(ulid, queue, fields)
+
+
+def leased_from_reply(queue: str, reply: Sequence[Any]) -> tuple[list[LeasedTask], list[str]]:
+    """Decodes lease.lua's reply {now, leased (flat), expired}."""
+    now = integer(reply[0])
+    flat: Sequence[Any] = reply[1]
+    leased = []
+    for i in range(0, len(flat), LEASED_ENTRIES):
+        (ulid, name, payload, ctype, headers, attempt, max_attempts, token, lease, timeout,
+         due) = flat[i:i + LEASED_ENTRIES]
+        leased.append(LeasedTask(
+            ulid=text(ulid), queue=queue, name=text(name), payload=payload or b"",
+            content_type=text(ctype, DEFAULT_CONTENT_TYPE), headers=headers_from(headers),
+            attempt=integer(attempt), max_attempts=integer(max_attempts), lease_token=integer(token),
+            lease_ms=integer(lease), timeout_ms=integer(timeout), queued_at_ms=integer(due),
+            started_ms=now,
+        ))
+    return leased, [text(u) for u in reply[2]]

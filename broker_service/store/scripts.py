@@ -1,0 +1,188 @@
+"""The Lua scripts of lua/: loaded once, called by SHA, one typed wrapper per script."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from broker_service.domain import DEFAULT_CONTENT_TYPE, Completion, Failure, Lease, NewTask
+from broker_service.store.errors import redis_errors
+from broker_service.store.keys import QueueKeys
+from broker_service.store.records import headers_to
+
+log = logging.getLogger(__name__)
+
+# The KEYS of every script, in order: each name is a QueueKeys attribute, or a key the wrapper
+# passes itself (list_page's `index`). The header of each .lua file lists the same names.
+SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
+    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events"),
+    "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events"),
+    "extend": ("task_prefix", "running"),
+    "complete": ("task_prefix", "running", "succeeded", "events"),
+    "fail": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events"),
+    "cancel_running": ("task_prefix", "running", "cancelled", "events"),
+    "release": ("task_prefix", "running", "queued", "cancelled", "start_deadlines", "events"),
+    "progress": ("task_prefix", "events"),
+    "cancel": ("task_prefix", "queued", "scheduled", "start_deadlines", "cancelled", "events"),
+    "reap": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events"),
+    "promote": ("task_prefix", "scheduled", "queued", "events"),
+    "expire": ("task_prefix", "start_deadlines", "queued", "scheduled", "expired", "events"),
+    "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
+    "list_page": ("index", "task_prefix"),
+}
+
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One script's source and SHA1 (the EVALSHA handle, computed locally)."""
+
+    name: str
+    source: bytes
+    sha: str
+
+
+def read_scripts() -> dict[str, Script]:
+    """Reads every script named in SCRIPT_KEYS from the package's lua/ folder."""
+    folder = resources.files("broker_service.store").joinpath("lua")
+    scripts = {}
+    for name in SCRIPT_KEYS:
+        source = folder.joinpath(f"{name}.lua").read_bytes()
+        scripts[name] = Script(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+    return scripts
+
+
+def script_keys(name: str, queue: QueueKeys, extra: Mapping[str, str] | None = None) -> list[str]:
+    """The KEYS of script `name` for `queue`, in the order its header lists them."""
+    extra = extra or {}
+    return [extra[key] if key in extra else str(getattr(queue, key)) for key in SCRIPT_KEYS[name]]
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+class Scripts:
+    """Calls the scripts with EVALSHA; a NOSCRIPT reply (Redis restarted) reloads them all once."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._scripts = read_scripts()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._scripts)
+
+    async def load(self) -> None:
+        """SCRIPT LOADs every script in one round trip."""
+        with redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.source)
+                shas = await pipe.execute()
+        for script, sha in zip(self._scripts.values(), shas, strict=True):
+            loaded = sha.decode() if isinstance(sha, bytes) else str(sha)
+            if loaded != script.sha:
+                raise RuntimeError(f"script {script.name}: server SHA {loaded} differs from {script.sha}")
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA of script `name`; errors leave as domain errors (see errors.py)."""
+        sha = self._scripts[name].sha
+        with redis_errors():
+            try:
+                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                log.info("script cache empty (redis restarted?), loading scripts script=%s", name)
+                await self.load()
+                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+
+    # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
+
+    async def enqueue(self, queue: QueueKeys, tasks: Sequence[NewTask]) -> list[bytes]:
+        args: list[Arg] = []
+        for task in tasks:
+            retry = task.retry
+            args += [
+                task.ulid, task.name, task.payload,
+                "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
+                headers_to(task.headers), task.priority, retry.max_attempts,
+                retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
+                task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
+                task.start_timeout_ms,
+            ]
+        return list(await self.run("enqueue", script_keys("enqueue", queue), args))
+
+    async def lease(self, queue: QueueKeys, count: int, worker_id: str) -> list[Any]:
+        return list(await self.run("lease", script_keys("lease", queue), [count, worker_id]))
+
+    async def extend(self, queue: QueueKeys, worker_id: str, leases: Sequence[Lease]) -> list[int]:
+        args: list[Arg] = [worker_id]
+        for lease in leases:
+            args += [lease.ulid, lease.token]
+        return list(await self.run("extend", script_keys("extend", queue), args))
+
+    async def complete(self, queue: QueueKeys, items: Sequence[Completion]) -> list[int]:
+        args: list[Arg] = []
+        for item in items:
+            args += [item.ulid, item.token, item.result, item.content_type]
+        return list(await self.run("complete", script_keys("complete", queue), args))
+
+    async def fail(self, queue: QueueKeys, items: Sequence[Failure], random_fractions: Sequence[float],
+                   dead_letter_ttl_ms: int, dead_letter_max: int) -> list[bytes]:
+        args: list[Arg] = [dead_letter_ttl_ms, dead_letter_max]
+        for item, fraction in zip(items, random_fractions, strict=True):
+            error = item.error
+            args += [item.ulid, item.token, error.type, error.message, error.traceback,
+                     1 if error.retryable else 0, item.retry_after_ms, _num(fraction)]
+        return list(await self.run("fail", script_keys("fail", queue), args))
+
+    async def cancel_running(self, queue: QueueKeys, leases: Sequence[Lease]) -> list[int]:
+        args: list[Arg] = []
+        for lease in leases:
+            args += [lease.ulid, lease.token]
+        return list(await self.run("cancel_running", script_keys("cancel_running", queue), args))
+
+    async def release(self, queue: QueueKeys, leases: Sequence[Lease], reason: str, started: bool) -> list[int]:
+        args: list[Arg] = [reason, 1 if started else 0]
+        for lease in leases:
+            args += [lease.ulid, lease.token]
+        return list(await self.run("release", script_keys("release", queue), args))
+
+    async def progress(self, queue: QueueKeys, leases: Sequence[Lease],
+                       values: Sequence[tuple[float, str]]) -> list[int]:
+        args: list[Arg] = []
+        for lease, (fraction, message) in zip(leases, values, strict=True):
+            args += [lease.ulid, lease.token, _num(fraction), message]
+        return list(await self.run("progress", script_keys("progress", queue), args))
+
+    async def cancel(self, queue: QueueKeys, ulid: str, reason: str) -> bytes:
+        reply: bytes = await self.run("cancel", script_keys("cancel", queue), [ulid, reason])
+        return reply
+
+    async def reap(self, queue: QueueKeys, limit: int, random_fraction: float,
+                   dead_letter_ttl_ms: int, dead_letter_max: int) -> list[list[bytes]]:
+        args: list[Arg] = [limit, _num(random_fraction), dead_letter_ttl_ms, dead_letter_max]
+        return list(await self.run("reap", script_keys("reap", queue), args))
+
+    async def promote(self, queue: QueueKeys, limit: int) -> int:
+        return int(await self.run("promote", script_keys("promote", queue), [limit]))
+
+    async def expire(self, queue: QueueKeys, limit: int) -> list[bytes]:
+        return list(await self.run("expire", script_keys("expire", queue), [limit]))
+
+    async def trim(self, queue: QueueKeys, limit: int) -> int:
+        return int(await self.run("trim", script_keys("trim", queue), [limit]))
+
+    async def list_page(self, queue: QueueKeys, index: str, page_size: int, after: tuple[str, str] | None,
+                   fields: Sequence[str]) -> list[Any]:
+        score, member = after or ("", "")
+        args: list[Arg] = [page_size, score, member, *fields]
+        return list(await self.run("list_page", script_keys("list_page", queue, {"index": index}), args))
