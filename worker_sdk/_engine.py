@@ -1,0 +1,264 @@
+"""The worker's state across streams: jobs and their slots, credits, outcomes awaiting acks, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from client_sdk import TaskDefinition
+from worker_sdk._jobs import Cancelled, Job, Result
+from worker_sdk._runner import ProgressSink, Report, Runner
+
+logger = logging.getLogger(__name__)
+
+WORKER_SHUTDOWN = "worker_shutdown"
+BROKER_DRAINED = "broker_drained"
+
+LeaseKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRelease:
+    """Leases to hand back, not yet written to a stream."""
+
+    leases: tuple[LeaseKey, ...]
+    reason: str
+    started: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything to write at one flush, already de-duplicated; the session turns it into messages."""
+
+    releases: list[PendingRelease] = field(default_factory=list)
+    outcomes: list[tuple[LeaseKey, Result]] = field(default_factory=list)
+    progress: list[tuple[LeaseKey, float, str]] = field(default_factory=list)
+    credits: int = 0
+
+
+class Engine:
+    """Owns the jobs of one worker process and what must still be said about them.
+
+    Everything here runs on the event loop thread; threads reach it through
+    `call_soon_threadsafe`. Streams come and go (see `_session.py`); the engine outlives
+    them, so running tasks, unacknowledged outcomes and pending releases survive a reconnect.
+    """
+
+    def __init__(self, *, registry: Mapping[str, TaskDefinition[..., Any]], concurrency: int,
+                 runner_factory: Callable[[Report], Runner]) -> None:
+        self.registry = registry
+        self.concurrency = concurrency
+        self.runner: Runner = runner_factory(self.report)
+        self.jobs: dict[LeaseKey, Job] = {}
+        self.unacked: dict[LeaseKey, Result] = {}
+        self.sent: set[LeaseKey] = set()
+        self.releases: list[PendingRelease] = []
+        self.progress: dict[LeaseKey, tuple[float, str]] = {}
+        self.granted = 0
+        self.accepting = True
+        self.changed = asyncio.Event()
+        self.settled = asyncio.Event()  # set whenever a job is reported, released or acked
+        self._supervisors: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # -- what the broker sends ---------------------------------------------------------------
+
+    def begin_stream(self) -> None:
+        """A new stream starts: the broker holds no credits, nothing was sent on it."""
+        self.granted = 0
+        self.sent.clear()
+        self.changed.set()
+
+    def accept(self, jobs: Iterable[Job], *, refuse_reason: str | None) -> None:
+        """Starts pushed jobs, or hands them straight back when `refuse_reason` is given."""
+        refused: list[LeaseKey] = []
+        reason = refuse_reason or (None if self.accepting else WORKER_SHUTDOWN)
+        for job in jobs:
+            self.granted = max(0, self.granted - 1)
+            key = (job.task_id, job.lease_token)
+            if key in self.jobs:
+                logger.warning("duplicate assignment ignored task_id=%s", job.task_id)
+                continue
+            if reason is not None:
+                job.withhold()
+                refused.append(key)
+                continue
+            if len(self.jobs) >= self.concurrency:
+                logger.warning("broker pushed more tasks than credits granted task_id=%s", job.task_id)
+            self.jobs[key] = job
+            supervisor = self._loop.create_task(self._supervise(job), name=f"supervise {job.task_id}")
+            self._supervisors.add(supervisor)
+            supervisor.add_done_callback(self._supervisors.discard)
+        if refused:
+            logger.info("handing back tasks that were not started reason=%s count=%d", reason, len(refused))
+            self.releases.append(PendingRelease(tuple(refused), reason or WORKER_SHUTDOWN, False))
+            self.changed.set()
+
+    def cancel(self, task_ids: Iterable[str]) -> None:
+        """The broker asks these tasks to stop; each reports Cancelled once it does."""
+        wanted = set(task_ids)
+        for job in list(self.jobs.values()):
+            if job.task_id in wanted and job.running:
+                logger.info("cancelling task task_id=%s name=%s", job.task_id, job.name)
+                job.request_cancel()
+
+    def lost(self, task_id: str) -> None:
+        """The lease of `task_id` is stale: stop the task and never send its outcome."""
+        for key, job in list(self.jobs.items()):
+            if job.task_id == task_id and job.running:
+                logger.warning("lease lost; abandoning task task_id=%s name=%s", task_id, job.name)
+                job.lost = True
+                job.request_cancel()
+                self.progress.pop(key, None)
+        for key in [k for k in self.unacked if k[0] == task_id]:
+            logger.warning("lease lost before the outcome was acknowledged task_id=%s", task_id)
+            del self.unacked[key]
+        self.settled.set()
+
+    def acked(self, task_id: str, accepted: bool) -> None:
+        """The broker answered an outcome of `task_id`."""
+        key = next((k for k in self.unacked if k[0] == task_id and k in self.sent), None)
+        if key is None:
+            logger.debug("acknowledgement of an unknown outcome task_id=%s", task_id)
+            return
+        del self.unacked[key]
+        self.sent.discard(key)
+        if not accepted:
+            logger.warning("outcome refused: the lease was stale task_id=%s", task_id)
+        self.settled.set()
+
+    # -- what the jobs produce ---------------------------------------------------------------
+
+    def report(self, job: Job, result: Result) -> None:
+        """Records an attempt's outcome, to be sent and kept until acknowledged."""
+        if job.reported or job.lost:
+            logger.debug("outcome dropped task_id=%s lost=%s", job.task_id, job.lost)
+            return
+        job.reported = True
+        key = (job.task_id, job.lease_token)
+        self.progress.pop(key, None)
+        self.unacked[key] = result
+        if isinstance(result, Cancelled):
+            logger.info("task cancelled task_id=%s name=%s", job.task_id, job.name)
+        self.changed.set()
+        self.settled.set()
+
+    def progress_sink(self, job: Job) -> ProgressSink:
+        key = (job.task_id, job.lease_token)
+
+        def record(fraction: float, message: str) -> None:
+            if job.running:
+                self.progress[key] = (fraction, message)
+                self.changed.set()
+
+        def sink(fraction: float, message: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
+                self._loop.call_soon_threadsafe(record, fraction, message)
+
+        return sink
+
+    async def _supervise(self, job: Job) -> None:
+        key = (job.task_id, job.lease_token)
+        started = time.monotonic()
+        try:
+            await self.runner.run(job, self.registry.get(job.name), self.registry.keys(), self.progress_sink(job))
+        except Exception:
+            logger.exception("worker error while running task task_id=%s", job.task_id)
+        finally:
+            self.jobs.pop(key, None)
+            self.changed.set()
+            self.settled.set()
+            logger.debug("slot free task_id=%s seconds=%.3f", job.task_id, time.monotonic() - started)
+
+    # -- what the streams write ---------------------------------------------------------------
+
+    def claims(self) -> list[LeaseKey]:
+        """Leases to re-claim in Hello: running tasks and outcomes not yet acknowledged."""
+        running = [key for key, job in self.jobs.items() if job.running]
+        return running + [key for key in self.unacked if key not in running]
+
+    def running_leases(self) -> list[LeaseKey]:
+        return [key for key, job in self.jobs.items() if job.running]
+
+    def shortest_lease(self) -> float | None:
+        durations = [job.lease_duration for job in self.jobs.values() if job.running and job.lease_duration]
+        return min(durations) if durations else None
+
+    def take(self, *, grant: bool) -> Batch:
+        """Collects what is pending into one batch and marks it sent."""
+        batch = Batch(releases=self.releases)
+        self.releases = []
+        for key, result in self.unacked.items():
+            if key not in self.sent:
+                batch.outcomes.append((key, result))
+                self.sent.add(key)
+        batch.progress = [(key, fraction, message) for key, (fraction, message) in self.progress.items()
+                          if key in self.jobs and self.jobs[key].running]
+        self.progress.clear()
+        if grant and self.accepting:
+            free = self.concurrency - len(self.jobs) - self.granted
+            if free > 0:
+                batch.credits = free
+                self.granted += free
+        return batch
+
+    def restore(self, batch: Batch) -> None:
+        """Puts back what a broken stream may not have delivered (releases only: outcomes are resent)."""
+        self.releases = batch.releases + self.releases
+
+    # -- leaving -------------------------------------------------------------------------------
+
+    def withhold_unstarted(self, reason: str) -> None:
+        """Hands back pushed jobs whose function has not started."""
+        keys = [key for key, job in self.jobs.items() if job.running and job.withhold()]
+        for key in keys:
+            job = self.jobs.pop(key)
+            job.lost = True
+        if keys:
+            self.releases.append(PendingRelease(tuple(keys), reason, False))
+            self.changed.set()
+
+    def busy(self) -> bool:
+        """True while some attempt runs unreported."""
+        return any(job.running for job in self.jobs.values())
+
+    def quiet(self) -> bool:
+        """True when nothing remains to be said: no release or outcome waits for the broker."""
+        return not self.releases and not self.unacked
+
+    def abandon_running(self, reason: str) -> None:
+        """Gives up the attempts still running: released (counted as started) and asked to stop."""
+        keys: list[LeaseKey] = []
+        for key, job in self.jobs.items():
+            if job.running:
+                job.lost = True
+                job.request_cancel()
+                keys.append(key)
+                self.progress.pop(key, None)
+        if keys:
+            logger.warning("releasing unfinished tasks reason=%s count=%d", reason, len(keys))
+            self.releases.append(PendingRelease(tuple(keys), reason, True))
+            self.changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], deadline: float) -> bool:
+        """Waits until `predicate()` holds or the monotonic `deadline` passes; True if it holds."""
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.settled.clear()
+            try:
+                await asyncio.wait_for(self.settled.wait(), remaining)
+            except TimeoutError:
+                return bool(predicate())
+        return True
+
+    async def close(self, timeout: float) -> None:
+        """Waits briefly for supervisors of abandoned async tasks to finish."""
+        if self._supervisors:
+            await asyncio.wait(set(self._supervisors), timeout=timeout)

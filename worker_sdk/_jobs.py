@@ -1,0 +1,96 @@
+"""One assignment as the worker tracks it, and the ways an attempt can end (no protobuf here)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The function returned; `payload` is its encoded result."""
+
+    payload: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The function raised (or could not be called)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The attempt stopped because it was asked to."""
+
+
+Result = Succeeded | Failed | Cancelled
+
+
+@dataclass(eq=False)
+class Job:
+    """A task pushed to this worker, from arrival until its slot is free again.
+
+    The slot stays taken while the function runs, even once the attempt is reported (a sync
+    function past its timeout keeps its thread) or lost (its lease went stale), so credits
+    never promise a thread that is still busy.
+    """
+
+    task_id: str
+    lease_token: int
+    name: str
+    queue: str
+    payload: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    attempt: int
+    max_attempts: int
+    lease_duration: float | None
+    timeout: float | None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    # Set once the function starts or is prevented from starting; guarded by `_lock`.
+    started: bool = False
+    withheld: bool = False
+    # The attempt's outcome has been produced (or deliberately given up): no other is sent.
+    reported: bool = False
+    # The lease is no longer ours (stale, released or timed out): whatever the function
+    # returns is dropped.
+    lost: bool = False
+    # The asyncio task of an `async def` function, so a cancel can interrupt it.
+    aio_task: asyncio.Task[object] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def running(self) -> bool:
+        """True while the attempt is ours and unreported: its lease must be renewed."""
+        return not (self.reported or self.lost)
+
+    def begin(self) -> bool:
+        """Marks the function as started; False if the job was withheld first."""
+        with self._lock:
+            if self.withheld:
+                return False
+            self.started = True
+            return True
+
+    def withhold(self) -> bool:
+        """Prevents a job that has not started from starting; False if it already started."""
+        with self._lock:
+            if self.started:
+                return False
+            self.withheld = True
+            return True
+
+    def request_cancel(self) -> None:
+        """Asks the function to stop: sets the flag sync code polls, cancels async code."""
+        self.cancel_event.set()
+        if self.aio_task is not None and not self.aio_task.done():
+            self.aio_task.cancel()

@@ -1,0 +1,81 @@
+"""Task payloads to call arguments, and return values to result payloads (JSON, never pickle)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+from worker_sdk.errors import PayloadError
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+def is_json(content_type: str) -> bool:
+    """True for JSON media types (an empty content type counts as the JSON default)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("", JSON_CONTENT_TYPE) or media.endswith("+json")
+
+
+def decode_arguments(payload: bytes, content_type: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Turns a payload into (args, kwargs).
+
+    A JSON payload is ``{"args": [...], "kwargs": {...}}`` (both optional; an empty payload
+    means no arguments). Any other content type passes the raw bytes as the one positional
+    argument.
+
+    Raises:
+        PayloadError: The JSON is malformed or not of that shape.
+    """
+    if not is_json(content_type):
+        return (payload,), {}
+    if not payload.strip():
+        return (), {}
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise PayloadError(f'JSON payload must be an object {{"args": [...], "kwargs": {{...}}}}, '
+                           f"got {type(document).__name__}")
+    args = document.get("args", [])
+    kwargs = document.get("kwargs", {})
+    if not isinstance(args, list):
+        raise PayloadError(f'payload "args" must be a list, got {type(args).__name__}')
+    if not isinstance(kwargs, dict):
+        raise PayloadError(f'payload "kwargs" must be an object, got {type(kwargs).__name__}')
+    return tuple(args), kwargs
+
+
+def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The inverse of :func:`decode_arguments` for JSON (used by tests and examples)."""
+    return json.dumps({"args": list(args), "kwargs": kwargs}, separators=(",", ":")).encode()
+
+
+def encode_result(value: Any) -> bytes:
+    """Serialises a task's return value as JSON.
+
+    Raises:
+        TypeError: The value is not JSON-serialisable (the message says what was found).
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"task result is not JSON-serialisable ({type(value).__name__}): {exc}") from None
+
+
+def check_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Checks that the arguments bind to `fn`'s signature before it runs.
+
+    Raises:
+        PayloadError: They do not (a retry would fail the same way).
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise PayloadError(f"arguments do not match the task's signature: {exc}") from None

@@ -1,0 +1,294 @@
+"""The Connect stream: Hello/Welcome, pushes, credits, heartbeats, outcomes, drain, reconnects.
+
+Protobuf stops here: assignments become Jobs and the engine's batches become messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from conveyor.v1 import task_pb2, worker_service_pb2_grpc
+from conveyor.v1 import worker_service_pb2 as wpb
+
+from worker_sdk._engine import BROKER_DRAINED, Batch, Engine, LeaseKey
+from worker_sdk._jobs import Cancelled, Failed, Job, Result, Succeeded
+from worker_sdk.errors import WorkerError
+
+logger = logging.getLogger(__name__)
+
+SDK = "conveyor-python/0.1.0"
+WELCOME_TIMEOUT = 10.0
+DEFAULT_HEARTBEAT = 10.0
+DRAIN_FLUSH_MAX = 10.0
+CLOSE_TIMEOUT = 3.0
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+MAX_BATCH_BYTES = 1 << 20
+MAX_BATCH_ITEMS = 500
+# Codes that a retry cannot fix: the worker stops instead of knocking forever.
+FATAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
+                         grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+LeaseState = wpb.LeaseState
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How a worker introduces itself in Hello."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    task_names: tuple[str, ...]
+    concurrency: int
+    hostname: str
+    pid: int
+
+
+class StreamBroken(Exception):
+    """The stream ended without a goodbye; the worker reconnects."""
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds) + float(duration.nanos) / 1e9
+
+
+def job_from_assignment(a: wpb.Assignment) -> Job:
+    """An Assignment as the SDK's Job."""
+    return Job(task_id=a.task_id, lease_token=a.lease_token, name=a.name, queue=a.queue,
+               payload=a.payload, content_type=a.content_type, headers=dict(a.headers),
+               attempt=a.attempt, max_attempts=a.max_attempts,
+               lease_duration=_seconds(a.lease_duration) if a.HasField("lease_duration") else None,
+               timeout=_seconds(a.execution_timeout) if a.HasField("execution_timeout") else None)
+
+
+def outcome_message(key: LeaseKey, result: Result) -> wpb.Outcome:
+    """A Result as the Outcome of the attempt holding `key`."""
+    outcome = wpb.Outcome(task_id=key[0], lease_token=key[1])
+    if isinstance(result, Succeeded):
+        outcome.success.payload = result.payload
+        outcome.success.content_type = result.content_type
+    elif isinstance(result, Failed):
+        outcome.failure.error.CopyFrom(task_pb2.TaskError(type=result.type, message=result.message,
+                                                          traceback=result.traceback,
+                                                          retryable=result.retryable))
+        if result.retry_after is not None:
+            outcome.failure.retry_after.FromTimedelta(datetime.timedelta(seconds=result.retry_after))
+    elif isinstance(result, Cancelled):
+        outcome.cancelled.SetInParent()
+    return outcome
+
+
+def _chunks(outcomes: list[wpb.Outcome]) -> Iterator[list[wpb.Outcome]]:
+    chunk: list[wpb.Outcome] = []
+    size = 0
+    for outcome in outcomes:
+        n = outcome.ByteSize()
+        if chunk and (size + n > MAX_BATCH_BYTES or len(chunk) >= MAX_BATCH_ITEMS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(outcome)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def batch_messages(batch: Batch, heartbeat: list[LeaseKey] | None) -> list[wpb.WorkerMessage]:
+    """One flush as messages: releases, outcomes, progress, heartbeat, then credits."""
+    messages = [wpb.WorkerMessage(release=wpb.Release(
+        leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in release.leases],
+        reason=release.reason, started=release.started)) for release in batch.releases]
+    outcomes = [outcome_message(key, result) for key, result in batch.outcomes]
+    messages += [wpb.WorkerMessage(outcomes=wpb.Outcomes(outcomes=chunk)) for chunk in _chunks(outcomes)]
+    if batch.progress:
+        messages.append(wpb.WorkerMessage(progress=wpb.Progress(updates=[
+            wpb.ProgressUpdate(task_id=t, lease_token=k, progress=fraction, message=message)
+            for (t, k), fraction, message in batch.progress])))
+    if heartbeat is not None:
+        messages.append(wpb.WorkerMessage(heartbeat=wpb.Heartbeat(
+            leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in heartbeat])))
+    if batch.credits:
+        messages.append(wpb.WorkerMessage(credit=wpb.Credit(credits=batch.credits)))
+    return messages
+
+
+class Session:
+    """One Connect stream, from Hello to its end.
+
+    `run()` returns "closed" after a requested goodbye or "drained" after the broker's
+    Drain, and raises StreamBroken when the stream fails.
+    """
+
+    def __init__(self, engine: Engine, channel: Any, identity: Identity, *,
+                 heartbeat: float | None, closing: asyncio.Event) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._identity = identity
+        self._heartbeat_override = heartbeat
+        self._closing = closing
+        self.welcomed = False
+        self._interval = heartbeat or DEFAULT_HEARTBEAT
+        self._grant = True
+        self._heartbeat_due = False
+        self._finish_writing = False
+        self._drain = asyncio.Event()
+        self._drain_grace = DRAIN_FLUSH_MAX
+        self._last_received = time.monotonic()
+        self._unanswered_since: float | None = None
+
+    async def run(self) -> str:
+        call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).Connect()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await self._hello(call)
+            tasks = [asyncio.create_task(self._read(call), name="conveyor-read"),
+                     asyncio.create_task(self._write(call), name="conveyor-write"),
+                     asyncio.create_task(self._beat(call), name="conveyor-heartbeat"),
+                     asyncio.create_task(self._drain.wait(), name="conveyor-drain"),
+                     asyncio.create_task(self._closing.wait(), name="conveyor-closing")]
+            reader, writer, beat, drain, _ = tasks
+            reader.add_done_callback(lambda _: self._engine.settled.set())
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if drain.done():
+                await self._leave(reader, writer, drained=True)
+                return "drained"
+            for task in (reader, writer, beat):
+                if task.done():
+                    task.result()  # raises what broke the stream
+                    raise StreamBroken("the broker closed the stream")
+            await self._leave(reader, writer, drained=False)
+            return "closed"
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in FATAL_CODES:
+                raise WorkerError(f"broker refused the worker: {exc.code().name}: {exc.details()}") from None
+            raise StreamBroken(f"{exc.code().name}: {exc.details()}") from None
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            call.cancel()
+
+    async def _hello(self, call: Any) -> None:
+        me = self._identity
+        await call.write(wpb.WorkerMessage(hello=wpb.Hello(
+            worker_id=me.worker_id, queues=me.queues, task_names=me.task_names, concurrency=me.concurrency,
+            claims=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in self._engine.claims()],
+            hostname=me.hostname, pid=me.pid, sdk=SDK)))
+        try:
+            first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
+        except TimeoutError:
+            raise StreamBroken(f"no Welcome within {WELCOME_TIMEOUT:g}s") from None
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            raise StreamBroken("the broker did not answer Hello with Welcome")
+        welcome = first.welcome
+        if self._heartbeat_override is None and welcome.HasField("heartbeat_interval"):
+            self._interval = _seconds(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT
+        self._statuses(welcome.claims)
+        self._engine.begin_stream()
+        self.welcomed = True
+        logger.info("connected broker_id=%s worker_id=%s heartbeat=%.2fs claims=%d",
+                    welcome.broker_id, me.worker_id, self._interval, len(welcome.claims))
+
+    def _statuses(self, statuses: Any) -> None:
+        for status in statuses:
+            if status.state == LeaseState.LEASE_STATE_STALE:
+                self._engine.lost(status.task_id)
+            elif status.state == LeaseState.LEASE_STATE_CANCEL_REQUESTED:
+                self._engine.cancel([status.task_id])
+
+    async def _read(self, call: Any) -> None:
+        handlers: dict[str, Callable[[Any], None]] = {
+            "assignments": lambda m: self._engine.accept(
+                [job_from_assignment(a) for a in m.assignments.assignments],
+                refuse_reason=None if self._grant else BROKER_DRAINED),
+            "cancel": lambda m: self._engine.cancel(m.cancel.task_ids),
+            "lease_statuses": lambda m: self._statuses(m.lease_statuses.statuses),
+            "outcome_acks": lambda m: self._acks(m.outcome_acks.acks),
+            "drain": self._on_drain,
+        }
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            self._last_received = time.monotonic()
+            self._unanswered_since = None
+            kind = message.WhichOneof("kind")
+            handler = handlers.get(kind or "")
+            if handler is None:
+                logger.warning("unexpected message from the broker kind=%s", kind)
+            else:
+                handler(message)
+
+    def _acks(self, acks: Any) -> None:
+        for ack in acks:
+            self._engine.acked(ack.task_id, ack.status == wpb.OutcomeStatus.OUTCOME_STATUS_ACCEPTED)
+
+    def _on_drain(self, message: Any) -> None:
+        grace = _seconds(message.drain.grace) if message.drain.HasField("grace") else DRAIN_FLUSH_MAX
+        self._drain_grace = max(0.5, min(grace * 0.8, DRAIN_FLUSH_MAX))
+        logger.info("broker asked to drain reason=%r grace=%.1fs", message.drain.reason, grace)
+        self._grant = False
+        self._drain.set()
+
+    async def _write(self, call: Any) -> None:
+        engine = self._engine
+        while True:
+            await engine.changed.wait()
+            engine.changed.clear()
+            batch = engine.take(grant=self._grant)
+            heartbeat = engine.running_leases() if self._heartbeat_due else None
+            self._heartbeat_due = False
+            try:
+                for message in batch_messages(batch, heartbeat):
+                    await call.write(message)
+            except BaseException:
+                engine.restore(batch)
+                raise
+            if self._finish_writing and not engine.changed.is_set():
+                await call.done_writing()
+                return
+
+    async def _beat(self, call: Any) -> None:
+        while True:
+            shortest = self._engine.shortest_lease()
+            interval = min(self._interval, shortest / 3) if shortest else self._interval
+            await asyncio.sleep(max(0.05, interval))
+            now = time.monotonic()
+            if self._unanswered_since is not None and now - self._unanswered_since > 2 * self._interval + 5:
+                raise StreamBroken(f"no answer from the broker for {now - self._last_received:.1f}s")
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+            self._heartbeat_due = True
+            self._engine.changed.set()
+
+    async def _leave(self, reader: asyncio.Task[None], writer: asyncio.Task[None], *,
+                     drained: bool) -> None:
+        """Says goodbye: hands back unstarted jobs, waits for acks, half-closes, awaits the broker's end."""
+        self._grant = False
+        engine = self._engine
+        if drained:
+            engine.withhold_unstarted(BROKER_DRAINED)
+            await engine.wait_until(lambda: engine.quiet() or reader.done(),
+                                    time.monotonic() + self._drain_grace)
+        self._finish_writing = True
+        engine.changed.set()
+        await asyncio.wait({writer, reader}, timeout=CLOSE_TIMEOUT, return_when=asyncio.ALL_COMPLETED)
+        if not reader.done():
+            logger.debug("the broker did not end the stream after our half-close")
+
+
+def backoff_delays() -> Iterator[float]:
+    """Exponential reconnect delays with full jitter: 0.1 s doubling up to 5 s."""
+    attempt = 0
+    while True:
+        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt)
+        yield random.uniform(ceiling / 2, ceiling)
+        attempt += 1
