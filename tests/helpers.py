@@ -385,6 +385,10 @@ def wait_until_serving(
             time.sleep(0.05)
 
 
+class WorkerExitedError(RuntimeError):
+    """A worker process that should be running has exited (not retried by `eventually`)."""
+
+
 class WorkerProcess:
     """One `python -m worker_sdk.cli module:attr --broker ADDR ...` subprocess."""
 
@@ -435,10 +439,10 @@ class WorkerProcess:
         return log_tail(self.log_path, lines)
 
     def check_alive(self) -> None:
-        """Raises AssertionError, with the log tail, if the worker has exited."""
+        """Raises WorkerExitedError, with the log tail, if the worker has exited."""
         code = self.returncode
         if code is not None:
-            raise AssertionError(
+            raise WorkerExitedError(
                 f"worker {self.target} exited with code {code}\n--- worker log tail ---\n{self.log_tail()}"
             )
 
