@@ -1,0 +1,111 @@
+"""Helpers of the store tests: read a queue's whole state, build tasks, watch its events channel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from broker_service.domain import NewTask, RetryPolicy, TaskState, new_ulid
+from broker_service.store.keys import QueueKeys
+
+NAMESPACE = "conveyor"
+INDEXES = ("queued", "scheduled", "running", "start_by", "succeeded", "failed", "cancelled", "expired")
+TIME_FIELDS = ("created", "due", "started", "finished", "start_by", "exec_dl")
+BINARY_FIELDS = ("payload", "result")
+
+
+def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    """Every key of a queue as plain data.
+
+    {"indexes": {index: [ulid, ...] in order}, "scores": {index: {ulid: score}},
+     "tasks": {ulid: {field: str (bytes for payload/result)}}, "expires": {ulid: PEXPIRETIME, -1 for none},
+     "seq": int or None, "other": [names of keys no schema entry explains]}
+    """
+    keys = QueueKeys(namespace, queue)
+    out: dict[str, Any] = {"indexes": {}, "scores": {}, "tasks": {}, "expires": {}, "seq": None, "other": []}
+    for name in INDEXES:
+        key = keys.start_deadlines if name == "start_by" else f"{keys.tag}:{name}"
+        entries = client.zrange(key, 0, -1, withscores=True)
+        out["indexes"][name] = [m.decode() for m, _ in entries]
+        out["scores"][name] = {m.decode(): int(s) for m, s in entries}
+    seq = client.get(keys.sequence)
+    out["seq"] = int(seq) if seq is not None else None
+    known = {keys.sequence} | {keys.start_deadlines} | {f"{keys.tag}:{n}" for n in INDEXES}
+    for raw_key in client.scan_iter(match=f"{keys.tag}:*", count=1000):
+        key = raw_key.decode()
+        if key.startswith(keys.task_prefix):
+            ulid = key[len(keys.task_prefix):]
+            fields = client.hgetall(key)
+            out["tasks"][ulid] = {
+                f.decode(): (v if f.decode() in BINARY_FIELDS else v.decode()) for f, v in fields.items()
+            }
+            out["expires"][ulid] = client.pexpiretime(key)
+        elif key not in known:
+            out["other"].append(key)
+    return out
+
+
+def without(fields: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The fields but `names` (by default compare everything but times)."""
+    drop = set(names or TIME_FIELDS)
+    return {k: v for k, v in fields.items() if k not in drop}
+
+
+def new_task(queue: str, name: str = "tests.work", **options: Any) -> NewTask:
+    return NewTask(ulid=new_ulid(), queue=queue, name=name, **options)
+
+
+def policy(**options: Any) -> RetryPolicy:
+    return RetryPolicy(**options)
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def queued_score(priority: int, ready_ms: int) -> int:
+    return (9 - priority) * 10**13 + ready_ms
+
+
+class EventWatcher:
+    """Subscribes to a queue's events channel; `take` returns what arrived, with a deadline."""
+
+    def __init__(self, client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> None:
+        self._pubsub = client.pubsub()
+        self._pubsub.subscribe(QueueKeys(namespace, queue).events)
+        deadline = time.monotonic() + 5
+        while True:  # wait for the subscription to be confirmed before anything is published
+            message = self._pubsub.get_message(timeout=0.5)
+            if message is not None and message["type"] == "subscribe":
+                break
+            assert time.monotonic() < deadline, "no subscribe confirmation"
+
+    def take(self, count: int, timeout: float = 2.0) -> list[str]:
+        """Exactly `count` messages (fails after `timeout`), then any that arrive within 50 ms."""
+        messages: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(messages) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"expected {count} events, got {messages}"
+            message = self._pubsub.get_message(timeout=min(left, 0.2))
+            if message is not None and message["type"] == "message":
+                messages.append(message["data"].decode())
+        while (message := self._pubsub.get_message(timeout=0.05)) is not None:
+            if message["type"] == "message":
+                messages.append(message["data"].decode())
+        return messages
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
+def event(kind: str, ulids: Iterable[str] = ()) -> str:
+    return " ".join([kind, *ulids])
+
+
+def state_of(dump: dict[str, Any], ulid: str) -> TaskState:
+    return TaskState.from_label(dump["tasks"][ulid]["state"])

@@ -1,0 +1,159 @@
+"""enqueue.lua: new tasks go to queued or scheduled, in priority order, with lean records."""
+
+from __future__ import annotations
+
+import json
+
+from broker_service.domain import RetryPolicy, TaskState
+from tests.store.conftest import StoreHarness
+from tests.store.helpers import queued_score, redis_now_ms, without
+
+
+def test_enqueue_writes_a_lean_record_and_queues_it(harness: StoreHarness) -> None:
+    task = harness.task()
+    before = redis_now_ms(harness.redis)
+
+    [result] = harness.enqueue(task)
+
+    assert result.ulid == task.ulid
+    assert result.state is TaskState.QUEUED
+    dump = harness.dump()
+    assert dump["indexes"] == {"queued": [task.ulid], "scheduled": [], "running": [], "start_by": [],
+                               "succeeded": [], "failed": [], "cancelled": [], "expired": []}
+    assert dump["other"] == []
+    assert dump["seq"] is None
+    record = dump["tasks"][task.ulid]
+    assert without(record) == {"state": "queued", "name": "tests.work", "max": "3", "b_init": "1000",
+                               "b_max": "600000", "b_mult": "2.0", "lease": "30000", "ttl": "86400000"}
+    assert record["created"] == record["due"]
+    assert int(record["due"]) >= before
+    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["due"]))
+    assert dump["expires"][task.ulid] == -1
+
+
+def test_enqueue_stores_every_option_given(harness: StoreHarness) -> None:
+    task = harness.task(payload=b'{"args": [1]}', content_type="application/x-msgpack",
+                        headers={"trace": "abc"}, priority=7, timeout_ms=5000, lease_ms=1000,
+                        start_timeout_ms=60_000, result_ttl_ms=10_000,
+                        retry=RetryPolicy(max_attempts=5, initial_backoff_ms=10, max_backoff_ms=100,
+                                          multiplier=3.0, jitter=0.5))
+    harness.enqueue(task)
+
+    record = harness.dump()["tasks"][task.ulid]
+    assert without(record) == {"state": "queued", "name": "tests.work", "payload": b'{"args": [1]}',
+                               "ctype": "application/x-msgpack", "headers": '{"trace":"abc"}',
+                               "prio": "7", "max": "5", "b_init": "10", "b_max": "100", "b_mult": "3.0",
+                               "b_jit": "0.5", "timeout": "5000", "lease": "1000", "ttl": "10000"}
+    assert int(record["start_by"]) == int(record["due"]) + 60_000
+    assert json.loads(record["headers"]) == {"trace": "abc"}
+
+
+def test_enqueue_with_a_delay_schedules_the_task(harness: StoreHarness) -> None:
+    before = redis_now_ms(harness.redis)
+    task = harness.task(delay_ms=60_000)
+
+    [result] = harness.enqueue(task)
+
+    assert result.state is TaskState.SCHEDULED
+    dump = harness.dump()
+    assert dump["indexes"]["scheduled"] == [task.ulid]
+    assert dump["indexes"]["queued"] == []
+    record = dump["tasks"][task.ulid]
+    assert record["state"] == "scheduled"
+    assert int(record["due"]) == int(record["created"]) + 60_000
+    assert dump["scores"]["scheduled"][task.ulid] == int(record["due"]) >= before + 60_000
+
+
+def test_enqueue_with_run_at_in_the_future_schedules_at_that_time(harness: StoreHarness) -> None:
+    run_at = redis_now_ms(harness.redis) + 3_600_000
+    task = harness.task(run_at_ms=run_at, delay_ms=5)
+
+    [result] = harness.enqueue(task)
+
+    assert result.state is TaskState.SCHEDULED
+    assert harness.dump()["scores"]["scheduled"] == {task.ulid: run_at}
+
+
+def test_enqueue_with_run_at_in_the_past_queues_now(harness: StoreHarness) -> None:
+    task = harness.task(run_at_ms=1_000)
+
+    [result] = harness.enqueue(task)
+
+    assert result.state is TaskState.QUEUED
+    record = harness.dump()["tasks"][task.ulid]
+    assert record["due"] == record["created"]
+
+
+def test_enqueue_orders_by_priority_then_submission(harness: StoreHarness) -> None:
+    low = harness.task(priority=0)
+    high = harness.task(priority=9)
+    mid_first = harness.task(priority=5)
+    mid_second = harness.task(priority=5)
+
+    harness.enqueue(low, high, mid_first, mid_second)
+
+    assert harness.dump()["indexes"]["queued"] == [high.ulid, mid_first.ulid, mid_second.ulid, low.ulid]
+
+
+def test_enqueue_of_a_mixed_batch_answers_each_task_in_order(harness: StoreHarness) -> None:
+    tasks = [harness.task(), harness.task(delay_ms=60_000), harness.task()]
+
+    results = harness.enqueue(*tasks)
+
+    assert [(r.ulid, r.state) for r in results] == [
+        (tasks[0].ulid, TaskState.QUEUED), (tasks[1].ulid, TaskState.SCHEDULED), (tasks[2].ulid, TaskState.QUEUED)]
+
+
+def test_enqueue_with_start_timeout_indexes_the_deadline(harness: StoreHarness) -> None:
+    waiting = harness.task(start_timeout_ms=5_000)
+    delayed = harness.task(start_timeout_ms=5_000, delay_ms=10_000)
+    plain = harness.task()
+
+    harness.enqueue(waiting, delayed, plain)
+
+    dump = harness.dump()
+    assert sorted(dump["indexes"]["start_by"]) == sorted([waiting.ulid, delayed.ulid])
+    for task in (waiting, delayed):
+        record = dump["tasks"][task.ulid]
+        assert dump["scores"]["start_by"][task.ulid] == int(record["start_by"]) == int(record["due"]) + 5_000
+    assert "start_by" not in dump["tasks"][plain.ulid]
+
+
+def test_enqueue_of_an_existing_ulid_changes_nothing(harness: StoreHarness) -> None:
+    task = harness.task()
+    harness.enqueue(task)
+    harness.lease(1)
+    before = harness.dump()
+
+    [result] = harness.enqueue(task)
+
+    assert result.state is TaskState.RUNNING
+    assert harness.dump() == before
+
+
+def test_enqueue_wakes_dispatchers_only_when_the_queue_was_empty(harness: StoreHarness) -> None:
+    events = harness.events()
+
+    harness.submit(2)
+    assert events.take(1) == ["wake"]
+
+    harness.submit(1)
+    harness.submit(1, delay_ms=60_000)
+    assert events.take(0) == []
+
+
+def test_enqueue_of_delayed_tasks_only_publishes_nothing(harness: StoreHarness) -> None:
+    events = harness.events()
+
+    harness.submit(3, delay_ms=60_000)
+
+    assert events.take(0) == []
+
+
+def test_enqueue_of_a_large_batch_is_one_call(harness: StoreHarness) -> None:
+    tasks = [harness.task(priority=i % 10) for i in range(5_000)]
+
+    results = harness.enqueue(*tasks)
+
+    assert len(results) == 5_000
+    assert harness.redis.zcard(harness.store.queue_keys(harness.queue).queued) == 5_000
