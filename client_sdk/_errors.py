@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
@@ -157,8 +158,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ConveyorError]] = {
 def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
     try:
         status: status_pb2.Status | None = rpc_status.from_call(error)
-    except (ValueError, AttributeError, TypeError) as exc:
-        # A status whose details disagree with its code is still an error; keep the code.
+    except (ValueError, DecodeError, AttributeError, TypeError) as exc:
+        # Details that do not parse or disagree with the status still leave an error: keep its code.
         logger.debug("undecodable status details: %s", exc)
         return None
     return status

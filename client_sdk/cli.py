@@ -1,0 +1,286 @@
+"""The client subcommands of `conveyor`: enqueue, get, wait, cancel and list, printing JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from client_sdk import _convert
+from client_sdk._client import Client
+from client_sdk._errors import (
+    ConveyorError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    TaskTimeoutError,
+    UnavailableError,
+)
+from client_sdk._models import TaskInfo, TaskState
+from client_sdk._task import signature
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+DEFAULT_BROKER = "localhost:50051"
+BROKER_ENV = "CONVEYOR_BROKER"
+
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_TIMEOUT = 4
+
+_EPILOG = f"""\
+Output is one JSON object per line on stdout; errors are one JSON object on stderr.
+The broker address comes from --broker, else ${BROKER_ENV}, else {DEFAULT_BROKER}.
+Exit codes: 0 ok; 1 the task failed, was cancelled or expired (or the broker answered with an
+unexpected error); 2 bad input or usage (including an unknown task id); 3 broker unavailable;
+4 a wait timed out before the task finished.
+"""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _body(data: bytes, content_type: str) -> dict[str, Any]:
+    if not data:
+        return {}
+    if _convert.is_json(content_type):
+        try:
+            return {"json": json.loads(data)}
+        except ValueError:
+            pass
+    return {"base64": base64.b64encode(data).decode("ascii"), "content_type": content_type}
+
+
+def info_json(info: TaskInfo) -> dict[str, Any]:
+    """The JSON form of a task printed by the CLI (payload and result decoded when JSON)."""
+    out: dict[str, Any] = {
+        "id": info.id, "queue": info.queue, "name": info.name, "state": info.state.label,
+        "attempt": info.attempt, "max_attempts": info.max_attempts, "priority": info.priority,
+    }
+    if info.headers:
+        out["headers"] = dict(info.headers)
+    if payload := _body(info.payload, info.content_type):
+        out["payload"] = payload
+    for name in ("created_at", "scheduled_at", "started_at", "finished_at", "start_deadline",
+                 "execution_timeout", "lease_duration", "result_ttl"):
+        value = getattr(info, name)
+        if value is not None:
+            out[name] = _jsonable(value)
+    if info.state is TaskState.SUCCEEDED:
+        out["result"] = _body(info.result, info.result_content_type) or {"json": None}
+    if info.error is not None:
+        out["error"] = {"type": info.error.type, "message": info.error.message,
+                        "traceback": info.error.traceback, "retryable": info.error.retryable}
+    for name in ("reason", "worker_id", "progress_message"):
+        if getattr(info, name):
+            out[name] = getattr(info, name)
+    if info.progress:
+        out["progress"] = info.progress
+    if info.cancel_requested:
+        out["cancel_requested"] = True
+    return out
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def _fail(exit_code: int, kind: str, message: str, /, **extra: Any) -> int:
+    print(json.dumps({"error": kind, "message": message, **extra}, ensure_ascii=False),
+          file=sys.stderr, flush=True)
+    return exit_code
+
+
+def _terminal_exit(info: TaskInfo) -> int:
+    return EXIT_OK if info.state is TaskState.SUCCEEDED else EXIT_TASK_FAILED
+
+
+def _json_arg(text: str | None, kind: type, flag: str) -> Any:
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{flag}: expected a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def _headers(items: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--header {item!r}: expected KEY=VALUE")
+        headers[key] = value
+    return headers
+
+
+def _enqueue(client: Client, args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {"queue": args.queue, "priority": args.priority,
+                                 "headers": _headers(args.header)}
+    if args.delay is not None:
+        overrides["delay"] = args.delay
+    if args.max_attempts is not None:
+        overrides["max_attempts"] = args.max_attempts
+    sig = signature(args.name, *_json_arg(args.args, list, "--args"),
+                    **_json_arg(args.kwargs, dict, "--kwargs")).with_options(**overrides)
+    handle = client.enqueue(sig)
+    _emit({"id": handle.id, "queue": handle.queue, "name": args.name})
+    if not args.wait:
+        return EXIT_OK
+    info = client.wait(handle.id, args.timeout)
+    _emit(info_json(info))
+    return _terminal_exit(info)
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    _emit(info_json(client.get(args.id)))
+    return EXIT_OK
+
+
+def _wait(client: Client, args: argparse.Namespace) -> int:
+    info = client.wait(args.id, args.timeout)
+    _emit(info_json(info))
+    return _terminal_exit(info)
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    state = client.cancel(args.id, args.reason)
+    _emit({"id": args.id, "state": state.label})
+    return EXIT_OK
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    for count, info in enumerate(client.list(args.queue, args.state, args.page_size), start=1):
+        _emit(info_json(info))
+        if args.limit and count >= args.limit:
+            break
+    return EXIT_OK
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the client subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--broker", default=argparse.SUPPRESS,
+                        help=f"broker address host:port [env {BROKER_ENV}, default {DEFAULT_BROKER}]")
+    common.add_argument("--rpc-timeout", type=_positive, default=argparse.SUPPRESS,
+                        help="deadline of each call to the broker, seconds [default 10]")
+    top = argparse.ArgumentParser(prog="conveyor", parents=[common], epilog=_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, helptext: str, run: Callable[[Client, argparse.Namespace], int]
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=helptext, description=helptext, epilog=_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("enqueue", "submit a task by name (arguments as JSON)", _enqueue)
+    p.add_argument("name", help="task name, e.g. myapp.tasks.add")
+    p.add_argument("--queue", default="default", help="queue [default: default]")
+    p.add_argument("--args", help="positional arguments, a JSON array")
+    p.add_argument("--kwargs", help="keyword arguments, a JSON object")
+    p.add_argument("--delay", type=_positive, help="run no sooner than this many seconds from now")
+    p.add_argument("--priority", type=int, default=0, help="0 (lowest, default) to 9 (highest)")
+    p.add_argument("--max-attempts", type=int, help="attempts in all, the first one included [default 3]")
+    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="a header (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait for the task to finish and print it")
+    p.add_argument("--timeout", type=_positive, default=60.0, help="with --wait: seconds to wait [default 60]")
+
+    p = command("get", "print a task", _get)
+    p.add_argument("id", help="task id")
+
+    p = command("wait", "wait for a task to finish and print it", _wait)
+    p.add_argument("id", help="task id")
+    p.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait [default 60]")
+
+    p = command("cancel", "cancel a task", _cancel)
+    p.add_argument("id", help="task id")
+    p.add_argument("--reason", default="", help="free text stored with the task")
+
+    p = command("list", "list a queue's tasks in one state, oldest first", _list)
+    p.add_argument("queue", help="queue name")
+    p.add_argument("--state", default="queued",
+                   choices=[s.label for s in TaskState if s is not TaskState.UNSPECIFIED],
+                   help="state to list [default queued]")
+    p.add_argument("--page-size", type=int, default=100, help="tasks per call, 1 to 1000 [default 100]")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many tasks (0: all)")
+    return top
+
+
+def broker_address(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """The broker to call: --broker, else $CONVEYOR_BROKER, else localhost:50051."""
+    environ = os.environ if environ is None else environ
+    return getattr(args, "broker", None) or environ.get(BROKER_ENV) or DEFAULT_BROKER
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = broker_address(args)
+    run: Callable[[Client, argparse.Namespace], int] = args.run
+    try:
+        with Client(target, timeout=getattr(args, "rpc_timeout", None) or 10.0) as client:
+            return run(client, args)
+    except (TypeError, ValueError) as exc:
+        return _fail(EXIT_USAGE, "InvalidInput", str(exc))
+    except TaskTimeoutError as exc:
+        if exc.info is not None:
+            _emit(info_json(exc.info))
+        return _fail(EXIT_TIMEOUT, type(exc).__name__, str(exc), task_id=exc.task_id)
+    except InvalidArgumentError as exc:
+        return _fail(EXIT_USAGE, type(exc).__name__, exc.message, code=exc.code, field=exc.field)
+    except (NotFoundError, FailedPreconditionError) as exc:
+        return _fail(EXIT_USAGE, type(exc).__name__, exc.message, code=exc.code)
+    except (UnavailableError, DeadlineExceededError) as exc:
+        return _fail(EXIT_UNAVAILABLE, type(exc).__name__, f"broker {target}: {exc.message}", code=exc.code)
+    except ConveyorError as exc:
+        return _fail(EXIT_TASK_FAILED, type(exc).__name__, exc.message, code=exc.code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one client subcommand, e.g. ``main(["get", task_id, "--broker", "host:50051"])``.
+
+    Args:
+        argv: The arguments, starting with the subcommand (one of `COMMANDS`); default
+            ``sys.argv[1:]``.
+
+    Returns:
+        The exit code: 0 ok, 1 task failed, 2 bad input or usage, 3 broker unavailable,
+        4 a wait timed out.
+    """
+    try:
+        args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return _run(args)
+    except BrokenPipeError:  # the reader went away (`conveyor list q | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
