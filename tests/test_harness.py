@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from client_sdk import AsyncClient, Client, NotFoundError
 from tests.helpers import (
     REPO_ROOT,
     BrokerFactory,
@@ -18,6 +20,7 @@ from tests.helpers import (
     WorkerExitedError,
     WorkerFactory,
     eventually,
+    run_async,
 )
 
 EXAMPLE_WORKER = "worker_sdk.examples:worker"
@@ -99,3 +102,16 @@ def test_spawned_processes_die_with_the_test_process(tmp_path: Path) -> None:
             eventually(lambda: _gone(child_pid), timeout=10)
         finally:
             parent.kill()
+
+
+def test_client_fixtures_reach_the_test_broker(client: Client, async_client: Callable[..., AsyncClient]) -> None:
+    unknown = "01M8510PZ1EAP21ZAP6A77RHAW@default"
+    with pytest.raises(NotFoundError):
+        client.get(unknown)
+
+    async def ask() -> None:
+        async with async_client() as aclient:
+            with pytest.raises(NotFoundError):
+                await aclient.get(unknown)
+
+    run_async(ask(), timeout=10)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
+from grpc_tools import protoc  # type: ignore[import-untyped]
 
 from tests.helpers import REPO_ROOT
 
