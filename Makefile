@@ -77,9 +77,14 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(VPY) protos/generate.py
 
+# Both run even when the first finds something; the target fails if either did.
 lint: $(STAMP)
-	$(BIN)/ruff check broker_service worker_sdk client_sdk tests protos/generate.py
-	$(BIN)/mypy broker_service worker_sdk client_sdk
+	@status=0; \
+	echo "ruff check broker_service worker_sdk client_sdk tests protos/generate.py"; \
+	$(BIN)/ruff check broker_service worker_sdk client_sdk tests protos/generate.py || status=1; \
+	echo "mypy broker_service worker_sdk client_sdk"; \
+	$(BIN)/mypy broker_service worker_sdk client_sdk || status=1; \
+	exit $$status
 
 bench: $(STAMP)
 	@echo "Benchmarks come later: there is no benchmark suite yet."
