@@ -28,17 +28,18 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
     out: dict[str, Any] = {"indexes": {}, "scores": {}, "tasks": {}, "expires": {}, "seq": None, "other": []}
     for name in INDEXES:
         key = keys.start_deadlines if name == "start_by" else f"{keys.tag}:{name}"
-        entries = client.zrange(key, 0, -1, withscores=True)
+        entries: Any = client.zrange(key, 0, -1, withscores=True)
         out["indexes"][name] = [m.decode() for m, _ in entries]
         out["scores"][name] = {m.decode(): int(s) for m, s in entries}
-    seq = client.get(keys.sequence)
+    seq: Any = client.get(keys.sequence)
     out["seq"] = int(seq) if seq is not None else None
     known = {keys.sequence} | {keys.start_deadlines} | {f"{keys.tag}:{n}" for n in INDEXES}
+    raw_key: Any
     for raw_key in client.scan_iter(match=f"{keys.tag}:*", count=1000):
         key = raw_key.decode()
         if key.startswith(keys.task_prefix):
             ulid = key[len(keys.task_prefix):]
-            fields = client.hgetall(key)
+            fields: Any = client.hgetall(key)
             out["tasks"][ulid] = {
                 f.decode(): (v if f.decode() in BINARY_FIELDS else v.decode()) for f, v in fields.items()
             }
@@ -75,7 +76,7 @@ class EventWatcher:
     """Subscribes to a queue's events channel; `take` returns what arrived, with a deadline."""
 
     def __init__(self, client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> None:
-        self._pubsub = client.pubsub()
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(QueueKeys(namespace, queue).events)
         deadline = time.monotonic() + 5
         while True:  # wait for the subscription to be confirmed before anything is published

@@ -35,8 +35,9 @@ def test_cancelled_without_a_request_records_the_plain_reason(harness: StoreHarn
 def test_cancelled_with_a_stale_token_changes_nothing(harness: StoreHarness) -> None:
     [lease] = harness.running(1)
     before = harness.dump()
+    unknown = Lease("01HZZZZZZZZZZZZZZZZZZZZZZZ", 1)
 
-    answers = harness.run(harness.store.cancelled(harness.queue, [Lease(lease.ulid, 0), Lease("01HZZZZZZZZZZZZZZZZZZZZZZZ", 1)]))
+    answers = harness.run(harness.store.cancelled(harness.queue, [Lease(lease.ulid, 0), unknown]))
 
     assert answers == [False, False]
     assert harness.dump() == before

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker_service.domain import Failure, FailOutcome, Lease, RetryPolicy, TaskError
+from broker_service.domain import FailOutcome, Failure, Lease, RetryPolicy, TaskError
 from broker_service.store.store import Store
 from tests.store.conftest import StoreHarness
 from tests.store.helpers import event, queued_score, redis_now_ms, without

@@ -163,3 +163,13 @@ def test_leased_task_has_a_current_lease(harness: StoreHarness) -> None:
     assert record.state is TaskState.RUNNING
     assert (record.lease_token, record.worker_id, record.attempt) == (lease.token, "w1", 1)
     assert harness.run(harness.store.extend(harness.queue, [Lease(lease.ulid, lease.token)], "w1"))
+
+
+def test_lease_of_a_large_batch_is_one_call(harness: StoreHarness) -> None:
+    harness.enqueue(*[harness.task() for _ in range(2_500)])
+
+    leased = harness.lease(2_500)
+
+    assert [t.lease_token for t in leased] == list(range(1, 2_501))
+    dump = harness.dump()
+    assert len(dump["indexes"]["running"]) == 2_500 and dump["indexes"]["queued"] == []

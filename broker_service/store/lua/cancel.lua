@@ -47,7 +47,7 @@ if state == 'queued' or state == 'scheduled' or state == 'pending' then
   if state == 'scheduled' then redis.call('ZREM', scheduled, ulid) end
   redis.call('ZREM', start_deadlines, ulid)
   redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', reason)
-  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIREAT', key, now + ttl)
   redis.call('ZADD', cancelled, now + ttl, ulid)
   redis.call('PUBLISH', events, 'cancelled ' .. ulid)
   return 'cancelled'

@@ -44,7 +44,7 @@ for i = 1, #ARGV, 2 do
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', 'cancelled')
     end
     if f[5] then redis.call('HDEL', key, 'cancel') end
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIREAT', key, now + ttl)
     to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
     done_ids[#done_ids + 1] = ulid
     answers[#answers + 1] = 1

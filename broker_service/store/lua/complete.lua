@@ -48,7 +48,7 @@ for i = 1, #ARGV, 4 do
     if rtype ~= '' then fields[#fields + 1] = 'rtype'; fields[#fields + 1] = rtype end
     redis.call('HSET', key, unpack(fields))
     if f[6] then redis.call('HDEL', key, 'cancel', 'reason') end
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIREAT', key, now + ttl)
     done_ids[#done_ids + 1] = ulid
     done_scores[#done_scores + 1] = now + ttl; done_scores[#done_scores + 1] = ulid
     answers[#answers + 1] = now - tonumber(f[3])

@@ -42,7 +42,7 @@ for _, ulid in ipairs(due) do
     if state == 'queued' then from_queued[#from_queued + 1] = ulid end
     if state == 'scheduled' then from_scheduled[#from_scheduled + 1] = ulid end
     redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIREAT', key, now + ttl)
     to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
     ids[#ids + 1] = ulid
   end

@@ -83,7 +83,7 @@ for i = 3, #ARGV, 8 do
       local ttl = tonumber(f[11])
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now, unpack(err))
       redis.call('HDEL', key, 'cancel')
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
       answers[#answers + 1] = 'cancelled'
@@ -91,7 +91,7 @@ for i = 3, #ARGV, 8 do
       local reason = 'attempts_exhausted'
       if e_retry == '0' then reason = 'non_retryable' end
       redis.call('HSET', key, 'state', 'failed', 'finished', now, 'reason', reason, unpack(err))
-      redis.call('PEXPIRE', key, dl_ttl)
+      redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead_ids[#dead_ids + 1] = ulid
       answers[#answers + 1] = 'dead'

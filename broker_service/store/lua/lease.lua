@@ -56,7 +56,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED do
       if attempt == 0 and start_by > 0 and start_by <= now then
         local ttl = tonumber(f[12])
         redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
-        redis.call('PEXPIRE', key, ttl)
+        redis.call('PEXPIREAT', key, now + ttl)
         expired_ids[#expired_ids + 1] = ulid
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid

@@ -74,7 +74,7 @@ for i, ulid in ipairs(due_ids) do
       local ttl = tonumber(f[10])
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
       redis.call('HDEL', key, 'cancel')
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
     elseif exec_dl > 0 and exec_dl <= now then
@@ -82,7 +82,7 @@ for i, ulid in ipairs(due_ids) do
       if exhausted then
         set_error(key, attempt, {'state', 'failed', 'finished', now, 'reason', 'execution_timeout'},
                   'TimeoutError', msg)
-        redis.call('PEXPIRE', key, dl_ttl)
+        redis.call('PEXPIREAT', key, now + dl_ttl)
         to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
         dead[#dead + 1] = ulid
       else
@@ -107,7 +107,7 @@ for i, ulid in ipairs(due_ids) do
       local msg = 'lease of ' .. f[14] .. ' ms expired without a heartbeat on attempt ' .. attempt
       set_error(key, attempt, {'state', 'failed', 'finished', now, 'reason', 'lease_expired'},
                 'LeaseExpired', msg)
-      redis.call('PEXPIRE', key, dl_ttl)
+      redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead[#dead + 1] = ulid
     else

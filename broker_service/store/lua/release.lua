@@ -56,7 +56,7 @@ for i = 3, #ARGV, 2 do
       local ttl = tonumber(f[7])
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
       redis.call('HDEL', key, 'cancel')
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
     else

@@ -1,0 +1,136 @@
+"""Every script has its header, a wrapper passing the KEYS its header lists, and a store test."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Coroutine
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker_service.domain import Completion, Failure, Lease, TaskError
+from broker_service.store.keys import QueueKeys
+from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
+from tests.store.helpers import new_task
+
+LUA = Path(str(resources.files("broker_service.store").joinpath("lua")))
+SCRIPTS = sorted(p.stem for p in LUA.glob("*.lua"))
+KEY_LINE = re.compile(r"^-- KEYS\[(\d+)\] (\w+) +(\S+) +\S")
+ARGV_LINE = re.compile(r"^-- ARGV\[(\d+)\] (\w+) +(\S+) +\S")
+ARGV_ITEMS = re.compile(r"^-- ARGV\[(\d+)\.\.\] (\d+) per \w+:$")
+QUEUE = QueueKeys("conveyor", "meta")
+LEASE = Lease("01HAAAAAAAAAAAAAAAAAAAAAAA", 3)
+
+
+class Header:
+    """The parsed header of one script."""
+
+    def __init__(self, name: str) -> None:
+        self.text = (LUA / f"{name}.lua").read_text()
+        lines = self.text.splitlines()
+        self.summary = lines[0]
+        self.comments = [line for line in lines if line.startswith("--")]
+        self.keys = [(int(m[1]), m[2]) for line in lines if (m := KEY_LINE.match(line))]
+        self.argv = [(int(m[1]), m[2]) for line in lines if (m := ARGV_LINE.match(line))]
+        items = [(int(m[1]), int(m[2])) for line in lines if (m := ARGV_ITEMS.match(line))]
+        self.items = items[0] if items else None
+
+
+def test_every_script_is_known_to_the_wrappers() -> None:
+    assert sorted(SCRIPT_KEYS) == SCRIPTS
+    assert len(SCRIPTS) >= 14
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_has_a_complete_header(name: str) -> None:
+    header = Header(name)
+    assert header.summary.startswith(f"-- {name}: ") and len(header.summary) > len(name) + 10
+    assert header.keys, "no KEYS entries"
+    assert [i for i, _ in header.keys] == list(range(1, len(header.keys) + 1))
+    assert any(c.startswith("-- Returns: ") for c in header.comments)
+    assert any(c.startswith("-- Errors: ") for c in header.comments)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_header_keys_match_the_wrapper(name: str) -> None:
+    assert tuple(key for _, key in Header(name).keys) == SCRIPT_KEYS[name]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_has_one_local_per_header_entry_before_its_logic(name: str) -> None:
+    header = Header(name)
+    for index, key in header.keys:
+        assert re.search(rf"^local {key} = KEYS\[{index}\]$", header.text, re.M), f"local {key} = KEYS[{index}]"
+    for index, arg in header.argv:
+        assert re.search(rf"^local {arg} = (tonumber\()?ARGV\[{index}\]\)?$", header.text, re.M), arg
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_builds_no_key_names_and_never_scans(name: str) -> None:
+    code = "\n".join(re.sub(r"--.*$", "", line) for line in Header(name).text.splitlines())
+    literals = re.findall(r"'([^']*)'", code)
+    assert not [lit for lit in literals if ":" in lit or "{" in lit], "key names must come through KEYS"
+    assert not re.search(r"redis\.call\('(KEYS|SCAN)'", code)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_has_a_store_test(name: str) -> None:
+    assert (Path(__file__).parent / f"test_{name}.py").is_file()
+
+
+class RecordingScripts(Scripts):
+    """Scripts whose `run` records what a wrapper passes instead of calling Redis."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.calls: list[tuple[str, list[str], list[Any]]] = []
+
+    async def run(self, name: str, keys: Any, args: Any) -> Any:
+        self.calls.append((name, list(keys), list(args)))
+        return {"promote": 0, "trim": 0, "cancel": b"cancelled"}.get(name, [])
+
+
+def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
+    import asyncio
+
+    leases = [LEASE] * items
+    calls: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+        "enqueue": lambda: scripts.enqueue(QUEUE, [new_task("meta") for _ in range(items)]),
+        "lease": lambda: scripts.lease(QUEUE, 5, "w"),
+        "extend": lambda: scripts.extend(QUEUE, "w", leases),
+        "complete": lambda: scripts.complete(QUEUE, [Completion(LEASE.ulid, 3, b"r", "t")] * items),
+        "fail": lambda: scripts.fail(QUEUE, [Failure(LEASE.ulid, 3, TaskError("E", "m"))] * items,
+                                     [0.5] * items, 1000, 10),
+        "cancel_running": lambda: scripts.cancel_running(QUEUE, leases),
+        "release": lambda: scripts.release(QUEUE, leases, "nack", True),
+        "progress": lambda: scripts.progress(QUEUE, leases, [(0.5, "m")] * items),
+        "cancel": lambda: scripts.cancel(QUEUE, LEASE.ulid, "why"),
+        "reap": lambda: scripts.reap(QUEUE, 10, 0.5, 1000, 10),
+        "promote": lambda: scripts.promote(QUEUE, 10),
+        "expire": lambda: scripts.expire(QUEUE, 10),
+        "trim": lambda: scripts.trim(QUEUE, 10),
+        "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
+    }
+    asyncio.run(calls[name]())
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
+    header = Header(name)
+    scripts = RecordingScripts()
+
+    _call_wrapper(scripts, name, items=3)
+
+    [(called, keys, args)] = scripts.calls
+    assert called == name
+    extra = {"index": QUEUE.queued} if name == "list_page" else None
+    assert keys == script_keys(name, QUEUE, extra)
+    assert all(key.startswith(QUEUE.tag) for key in keys), "every key shares the queue's hash tag"
+    if header.items is not None:
+        first, per_item = header.items
+        assert first - 1 == len(header.argv)
+        assert len(args) == len(header.argv) + 3 * per_item
+    elif name != "list_page":
+        assert len(args) == len(header.argv)
