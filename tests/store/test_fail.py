@@ -172,3 +172,15 @@ def test_fail_of_a_batch_answers_per_item_and_publishes_per_kind(harness: StoreH
     assert outcomes == [FailOutcome.RETRYING, FailOutcome.DEAD, FailOutcome.CANCELLED, FailOutcome.STALE]
     assert events.take(3) == [event("scheduled", [retrying.ulid]), event("failed", [dead.ulid]),
                               event("cancelled", [cancelled.ulid])]
+
+
+def test_fail_with_a_huge_backoff_growth_stays_at_the_cap(harness: StoreHarness) -> None:
+    [lease] = harness.running(1, retry=RetryPolicy(max_attempts=1000, initial_backoff_ms=1, max_backoff_ms=9_000,
+                                                   multiplier=1e300))
+    keys = harness.store.queue_keys(harness.queue)
+    harness.redis.hset(keys.task(lease.ulid), "attempt", 500)  # multiplier ** 499 is inf
+    before = redis_now_ms(harness.redis)
+
+    assert _fail(harness, _failure(lease)) == [FailOutcome.RETRYING]
+
+    assert before + 9_000 <= harness.dump()["scores"]["scheduled"][lease.ulid] <= redis_now_ms(harness.redis) + 9_000

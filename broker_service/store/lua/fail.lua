@@ -98,7 +98,9 @@ for i = 3, #ARGV, 8 do
     else
       local delay = retry_after
       if delay < 0 then
-        local raw = math.min(tonumber(f[6]), tonumber(f[5]) * tonumber(f[7]) ^ (attempt - 1))
+        local b_init = tonumber(f[5])
+        local raw = 0 -- a zero initial backoff stays zero, even when b_mult^n overflows to inf
+        if b_init > 0 then raw = math.min(tonumber(f[6]), b_init * tonumber(f[7]) ^ (attempt - 1)) end
         delay = math.floor(raw * (1 - tonumber(f[8] or '0') * r))
       end
       if delay <= 0 then

@@ -87,7 +87,9 @@ for i, ulid in ipairs(due_ids) do
         dead[#dead + 1] = ulid
       else
         local ri = (r + (i - 1) * GOLDEN) % 1
-        local raw = math.min(tonumber(f[5]), tonumber(f[4]) * tonumber(f[6]) ^ (attempt - 1))
+        local b_init = tonumber(f[4])
+        local raw = 0 -- a zero initial backoff stays zero, even when b_mult^n overflows to inf
+        if b_init > 0 then raw = math.min(tonumber(f[5]), b_init * tonumber(f[6]) ^ (attempt - 1)) end
         local delay = math.floor(raw * (1 - tonumber(f[7] or '0') * ri))
         if delay <= 0 then
           set_error(key, attempt, {'state', 'queued', 'due', now, 'reason', 'execution_timeout'},
