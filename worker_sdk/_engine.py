@@ -189,10 +189,15 @@ class Engine:
         durations = [job.lease_duration for job in self.jobs.values() if job.running and job.lease_duration]
         return min(durations) if durations else None
 
-    def take(self, *, grant: bool) -> Batch:
-        """Collects what is pending into one batch and marks it sent."""
-        batch = Batch(releases=self.releases)
-        self.releases = []
+    def take(self, *, grant: bool, hold_releases: bool = False) -> Batch:
+        """Collects what is pending into one batch and marks it sent.
+
+        With `hold_releases` the releases stay pending (for a stream that grants no credits).
+        """
+        batch = Batch()
+        if self.releases and not hold_releases:
+            batch.releases, self.releases = self.releases, []
+            self.settled.set()
         for key, result in self.unacked.items():
             if key not in self.sent:
                 batch.outcomes.append((key, result))
@@ -259,6 +264,7 @@ class Engine:
         return True
 
     async def close(self, timeout: float) -> None:
-        """Waits briefly for supervisors of abandoned async tasks to finish."""
-        if self._supervisors:
-            await asyncio.wait(set(self._supervisors), timeout=timeout)
+        """Waits briefly for abandoned async tasks to unwind (threads cannot be waited for)."""
+        unwinding = {job.aio_task for job in self.jobs.values() if job.aio_task is not None}
+        if unwinding:
+            await asyncio.wait(unwinding, timeout=timeout)

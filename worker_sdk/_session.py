@@ -136,6 +136,7 @@ class Session:
         self.welcomed = False
         self._interval = heartbeat or DEFAULT_HEARTBEAT
         self._grant = True
+        self._granted_any = False
         self._heartbeat_due = False
         self._finish_writing = False
         self._drain = asyncio.Event()
@@ -208,7 +209,7 @@ class Session:
         handlers: dict[str, Callable[[Any], None]] = {
             "assignments": lambda m: self._engine.accept(
                 [job_from_assignment(a) for a in m.assignments.assignments],
-                refuse_reason=None if self._grant else BROKER_DRAINED),
+                refuse_reason=BROKER_DRAINED if self._drain.is_set() else None),
             "cancel": lambda m: self._engine.cancel(m.cancel.task_ids),
             "lease_statuses": lambda m: self._statuses(m.lease_statuses.statuses),
             "outcome_acks": lambda m: self._acks(m.outcome_acks.acks),
@@ -221,6 +222,7 @@ class Session:
             self._last_received = time.monotonic()
             self._unanswered_since = None
             kind = message.WhichOneof("kind")
+            logger.debug("received %s", kind)
             handler = handlers.get(kind or "")
             if handler is None:
                 logger.warning("unexpected message from the broker kind=%s", kind)
@@ -243,7 +245,8 @@ class Session:
         while True:
             await engine.changed.wait()
             engine.changed.clear()
-            batch = engine.take(grant=self._grant)
+            batch = engine.take(grant=self._grant, hold_releases=self._holds_releases())
+            self._granted_any = self._granted_any or batch.credits > 0
             heartbeat = engine.running_leases() if self._heartbeat_due else None
             self._heartbeat_due = False
             try:
@@ -253,8 +256,22 @@ class Session:
                 engine.restore(batch)
                 raise
             if self._finish_writing and not engine.changed.is_set():
+                logger.debug("half-closing the stream")
                 await call.done_writing()
                 return
+
+    def _holds_releases(self) -> bool:
+        """While the worker stops, a stream that granted credits writes no releases.
+
+        The broker would push a released task straight back to this worker with a credit it
+        still holds, possibly after the worker has said goodbye; a fresh stream that grants
+        nothing hands them back instead.
+        """
+        return self._granted_any and not self._engine.accepting and not self._drain.is_set()
+
+    def _settled(self) -> bool:
+        engine = self._engine
+        return not engine.unacked and (not engine.releases or self._holds_releases())
 
     async def _beat(self, call: Any) -> None:
         while True:
@@ -269,17 +286,19 @@ class Session:
             self._heartbeat_due = True
             self._engine.changed.set()
 
-    async def _leave(self, reader: asyncio.Task[None], writer: asyncio.Task[None], *,
-                     drained: bool) -> None:
+    async def _leave(self, reader: asyncio.Task[None], writer: asyncio.Task[None], *, drained: bool) -> None:
         """Says goodbye: hands back unstarted jobs, waits for acks, half-closes, awaits the broker's end."""
         self._grant = False
         engine = self._engine
         if drained:
             engine.withhold_unstarted(BROKER_DRAINED)
-            await engine.wait_until(lambda: engine.quiet() or reader.done(),
-                                    time.monotonic() + self._drain_grace)
+        engine.changed.set()
+        wait = self._drain_grace if drained else CLOSE_TIMEOUT
+        await engine.wait_until(lambda: self._settled() or reader.done(), time.monotonic() + wait)
         self._finish_writing = True
         engine.changed.set()
+        # Tasks pushed before the broker sees the half-close still arrive: the reader hands
+        # them to the engine, which releases them on a fresh stream.
         await asyncio.wait({writer, reader}, timeout=CLOSE_TIMEOUT, return_when=asyncio.ALL_COMPLETED)
         if not reader.done():
             logger.debug("the broker did not end the stream after our half-close")

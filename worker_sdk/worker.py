@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 MAX_QUEUES = 64
 FLUSH_TIMEOUT = 10.0  # after the grace: how long to try to deliver outcomes and releases
-CLOSE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 10.0  # then: the goodbye, and a fresh stream for releases if one is needed
 MAX_MESSAGE_BYTES = 64 << 20
 # Redial fast after a broker restart; the worker's own backoff paces the attempts.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -274,7 +274,7 @@ class Worker:
             logger.info("waiting up to %.1fs for running tasks to finish", self._shutdown_grace)
         if not await engine.wait_until(lambda: not engine.busy(), time.monotonic() + self._shutdown_grace):
             engine.abandon_running(WORKER_SHUTDOWN)
-        if not await engine.wait_until(engine.quiet, time.monotonic() + FLUSH_TIMEOUT):
+        if not await engine.wait_until(lambda: not engine.unacked, time.monotonic() + FLUSH_TIMEOUT):
             logger.warning("could not deliver every outcome before leaving unacked=%d", len(engine.unacked))
         closing.set()
         done, _ = await asyncio.wait({connection}, timeout=CLOSE_TIMEOUT)
@@ -283,26 +283,37 @@ class Worker:
         await engine.close(1.0)
 
     async def _connect_forever(self, engine: Engine, identity: Identity, closing: asyncio.Event) -> None:
-        """Keeps one stream open until `closing` is set; reconnects with backoff when it breaks."""
+        """Keeps one stream open until `closing` is set and all is said; reconnects with backoff.
+
+        A stream closed on purpose with something still to say (tasks the broker pushed while
+        the worker was saying goodbye) is followed by a fresh one that grants no credits, only
+        to hand those back.
+        """
         delays = backoff_delays()
-        while not closing.is_set():
+        failures = 0
+        while not (closing.is_set() and engine.quiet()):
             channel = self._channel()
             session = Session(engine, channel, identity, heartbeat=self._heartbeat, closing=closing)
             end = "broken"
             try:
                 end = await session.run()
             except StreamBroken as exc:
-                logger.warning("stream to broker %s broken: %s", self._broker, exc)
+                failures += 1
+                log = logger.warning if failures == 1 or failures % 20 == 0 else logger.debug
+                log("stream to broker %s broken (%d in a row): %s", self._broker, failures, exc)
             finally:
                 await channel.close(None)
-            if end == "closed":
-                return
             if session.welcomed:
-                delays = backoff_delays()
+                delays, failures = backoff_delays(), 0
+            if end == "closed":
+                continue
             delay = next(delays)
-            logger.info("reconnecting to %s in %.2fs", self._broker, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closing.wait(), delay)
+            logger.debug("reconnecting to %s in %.2fs", self._broker, delay)
+            if closing.is_set():
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closing.wait(), delay)
 
     def _channel(self) -> Any:
         if self._credentials is not None:
