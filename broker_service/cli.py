@@ -79,8 +79,10 @@ async def _serve(settings: config.Settings) -> int:
     print(f"conveyor broker listening on port {broker.port}", flush=True)
     await stop.wait()
     logging.getLogger("conveyor").info("signal received: draining (grace %.1fs)", settings.shutdown_grace_seconds)
+    # Further signals (Ctrl-C reaches every process of the terminal, then a supervisor may send
+    # SIGTERM) must not cut the drain short: the embedded store still has to be stopped cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+        loop.add_signal_handler(sig, lambda: logging.getLogger("conveyor").info("already draining"))
     with contextlib.suppress(asyncio.CancelledError):
         await broker.stop()
     return 0

@@ -10,10 +10,10 @@ import uuid
 import grpc
 from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
+from broker_service.api import reflection
 from broker_service.api.tasks import TaskService
 from broker_service.api.validate import Limits
 from broker_service.api.workers import SessionSettings, WorkerService
@@ -100,9 +100,7 @@ class Broker:
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(store, self.metrics, self._dispatcher, session), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self._server)
+        reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self._server)
         try:
             self.port = self._server.add_insecure_port(s.listen)
         except RuntimeError as exc:

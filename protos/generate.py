@@ -20,7 +20,10 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "conveyor" / "v1"
-SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".binpb")
+# With comments (source info) and imports: what server reflection serves, so `grpcurl describe`
+# shows the documentation.
+DESCRIPTOR_SET = "conveyor_v1_descriptor_set.binpb"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -34,8 +37,12 @@ def generate(out_dir: Path) -> list[Path]:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / 'conveyor' / 'v1' / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *protos,
     ]
+    (out_dir / "conveyor" / "v1").mkdir(parents=True, exist_ok=True)
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted(p for p in (out_dir / "conveyor" / "v1").iterdir() if p.name.endswith(SUFFIXES))
