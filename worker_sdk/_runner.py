@@ -194,6 +194,7 @@ class Runner:
             logger.warning("task timed out; its thread keeps running task_id=%s name=%s timeout=%s",
                            job.task_id, job.name, job.timeout)
             await asyncio.wait({future})
+            return
         outcome = future.result()
         if outcome is not None:
             self._report(job, outcome)

@@ -1,0 +1,296 @@
+"""Running one job: sync functions on threads, async ones on the loop, outcomes, timeouts, cancels, context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from worker_sdk import NonRetryableError, TaskDefinition, current_task, task
+from worker_sdk._jobs import Cancelled, Failed, Job, Result, Succeeded
+from worker_sdk._payload import encode_arguments
+from worker_sdk._runner import Runner
+
+user_var: contextvars.ContextVar[str] = contextvars.ContextVar("user_var", default="unset")
+
+
+def make_job(name: str, *args: Any, timeout: float | None = None, content_type: str = "application/json",
+             payload: bytes | None = None, **kwargs: Any) -> Job:
+    return Job(task_id=f"01ARZ3NDEKTSV4RRFFQ69G5FAV@{name}", lease_token=7, name=name, queue="q",
+               payload=encode_arguments(args, kwargs) if payload is None else payload, content_type=content_type,
+               headers={"trace": "abc"}, attempt=2, max_attempts=5, lease_duration=30.0, timeout=timeout)
+
+
+def run(definition: TaskDefinition[..., Any] | None, job: Job,
+        during: Callable[[Job], None] | None = None, progress: list[tuple[float, str]] | None = None,
+        ) -> list[tuple[float, Result]]:
+    """Runs `job` to completion; returns (seconds since start, result) of every report."""
+    reports: list[tuple[float, Result]] = []
+
+    async def main() -> None:
+        started = time.monotonic()
+        with ThreadPoolExecutor(2) as executor:
+            runner = Runner(executor, lambda _job, result: reports.append((time.monotonic() - started, result)))
+            sink = (lambda f, m: progress.append((f, m))) if progress is not None else None
+            running = asyncio.ensure_future(runner.run(job, definition, ["known.task"], sink))
+            if during is not None:
+                await asyncio.sleep(0.1)
+                during(job)
+            await asyncio.wait_for(running, 10)
+
+    asyncio.run(main())
+    return reports
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+async def async_add(x: int, y: int) -> int:
+    await asyncio.sleep(0)
+    return x + y
+
+
+@task
+def explode() -> None:
+    raise ValueError("bad value")
+
+
+@task(dont_retry_on=(ValueError,))
+def explode_for_good() -> None:
+    raise ValueError("bad value")
+
+
+def test_sync_function_result_is_reported_as_json() -> None:
+    assert [r for _, r in run(add, make_job("add", 1, 2))] == [Succeeded(b"3", "application/json")]
+
+
+def test_async_function_result_is_reported_as_json() -> None:
+    assert [r for _, r in run(async_add, make_job("async_add", 2, y=5))] == [Succeeded(b"7", "application/json")]
+
+
+def test_sync_function_runs_on_a_worker_thread_and_async_on_the_loop() -> None:
+    seen: dict[str, str] = {}
+
+    @task
+    def where() -> None:
+        seen["sync"] = threading.current_thread().name
+
+    @task
+    async def where_async() -> None:
+        seen["async"] = threading.current_thread().name
+
+    run(where, make_job("where"))
+    run(where_async, make_job("where_async"))
+    assert seen["sync"] != threading.main_thread().name
+    assert seen["async"] == threading.main_thread().name
+
+
+def test_an_exception_is_a_retryable_failure() -> None:
+    [(_, result)] = run(explode, make_job("explode"))
+    assert isinstance(result, Failed)
+    assert (result.type, result.message, result.retryable) == ("ValueError", "bad value", True)
+    assert "in explode" in result.traceback
+
+
+def test_dont_retry_on_from_the_task_options_is_honoured() -> None:
+    [(_, result)] = run(explode_for_good, make_job("explode_for_good"))
+    assert isinstance(result, Failed) and result.retryable is False
+
+
+def test_non_retryable_error_is_not_retried() -> None:
+    @task
+    def refuse() -> None:
+        raise NonRetryableError("never")
+
+    [(_, result)] = run(refuse, make_job("refuse"))
+    assert isinstance(result, Failed) and result.retryable is False
+
+
+def test_unknown_task_is_not_registered_and_retryable() -> None:
+    [(_, result)] = run(None, make_job("nope"))
+    assert isinstance(result, Failed)
+    assert (result.type, result.retryable) == ("NotRegistered", True)
+
+
+def test_bad_payload_fails_for_good_without_calling_the_function() -> None:
+    called = []
+
+    @task
+    def f(x: int) -> None:
+        called.append(x)
+
+    [(_, result)] = run(f, make_job("f", payload=b"{oops"))
+    assert isinstance(result, Failed) and result.retryable is False
+    assert result.type == "worker_sdk.errors.PayloadError"
+    [(_, result)] = run(f, make_job("f", 1, 2))
+    assert isinstance(result, Failed) and "signature" in result.message
+    assert called == []
+
+
+def test_raw_payload_is_the_single_argument() -> None:
+    @task
+    def size(data: bytes) -> int:
+        return len(data)
+
+    [(_, result)] = run(size, make_job("size", payload=b"\x00\x01\x02", content_type="application/octet-stream"))
+    assert result == Succeeded(b"3", "application/json")
+
+
+def test_unserialisable_result_fails_for_good_with_a_type_error() -> None:
+    @task
+    def gives_set() -> set[int]:
+        return {1}
+
+    [(_, result)] = run(gives_set, make_job("gives_set"))
+    assert isinstance(result, Failed)
+    assert (result.type, result.retryable) == ("TypeError", False)
+    assert "not JSON-serialisable" in result.message
+
+
+def test_a_sync_function_returning_a_coroutine_fails_with_a_hint() -> None:
+    async def inner() -> int:
+        return 1
+
+    @task
+    def wrapped() -> Any:
+        return inner()
+
+    [(_, result)] = run(wrapped, make_job("wrapped"))
+    assert isinstance(result, Failed) and "async def" in result.message
+
+
+def test_system_exit_in_a_task_fails_the_attempt_not_the_worker() -> None:
+    @task
+    def leave() -> None:
+        raise SystemExit(3)
+
+    [(_, result)] = run(leave, make_job("leave"))
+    assert isinstance(result, Failed) and result.type == "SystemExit"
+
+
+def test_sync_timeout_is_reported_at_the_deadline_and_the_late_result_dropped() -> None:
+    @task
+    def slow() -> str:
+        time.sleep(0.5)
+        return "late"
+
+    reports = run(slow, make_job("slow", timeout=0.1))
+    assert len(reports) == 1
+    at, result = reports[0]
+    assert isinstance(result, Failed) and result.type == "TimeoutError" and result.retryable
+    assert "0.1s" in result.message
+    assert 0.08 < at < 0.4
+
+
+def test_async_timeout_cancels_the_coroutine() -> None:
+    cleaned = []
+
+    @task
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(True)
+
+    [(at, result)] = run(slow, make_job("slow", timeout=0.1))
+    assert isinstance(result, Failed) and result.type == "TimeoutError"
+    assert cleaned == [True] and at < 1
+
+
+def test_async_task_cancelled_by_request_reports_cancelled() -> None:
+    @task
+    async def forever() -> None:
+        await asyncio.sleep(10)
+
+    [(at, result)] = run(forever, make_job("forever"), during=Job.request_cancel)
+    assert result == Cancelled() and at < 1
+
+
+def test_sync_task_sees_the_cancelled_flag_and_its_return_reports_cancelled() -> None:
+    @task
+    def cooperative() -> str:
+        while not current_task().cancelled:
+            time.sleep(0.01)
+        return "stopped early"
+
+    [(at, result)] = run(cooperative, make_job("cooperative"), during=Job.request_cancel)
+    assert result == Cancelled() and at < 1
+
+
+def test_a_withheld_job_never_starts() -> None:
+    called = []
+
+    @task
+    def f() -> None:
+        called.append(1)
+
+    job = make_job("f")
+    assert job.withhold()
+    assert run(f, job) == []
+    assert called == [] and not job.begin()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_current_task_describes_the_running_attempt(asynchronous: bool) -> None:
+    def describe() -> dict[str, Any]:
+        ctx = current_task()
+        return {"id": ctx.id, "name": ctx.name, "queue": ctx.queue, "attempt": ctx.attempt,
+                "max_attempts": ctx.max_attempts, "headers": dict(ctx.headers), "cancelled": ctx.cancelled}
+
+    async def describe_async() -> dict[str, Any]:
+        return describe()
+
+    definition: TaskDefinition[..., Any] = task(describe_async if asynchronous else describe)
+    [(_, result)] = run(definition, make_job("describe"))
+    assert isinstance(result, Succeeded)
+    assert result.payload == (b'{"id":"01ARZ3NDEKTSV4RRFFQ69G5FAV@describe","name":"describe","queue":"q",'
+                              b'"attempt":2,"max_attempts":5,"headers":{"trace":"abc"},"cancelled":false}')
+
+
+def test_current_task_outside_a_task_raises() -> None:
+    with pytest.raises(RuntimeError, match="outside a task"):
+        current_task()
+
+
+def test_the_callers_context_variables_reach_the_thread() -> None:
+    @task
+    def read_var() -> str:
+        return user_var.get()
+
+    token = user_var.set("from caller")
+    try:
+        [(_, result)] = run(read_var, make_job("read_var"))
+    finally:
+        user_var.reset(token)
+    assert result == Succeeded(b'"from caller"', "application/json")
+
+
+def test_progress_is_clamped_and_truncated() -> None:
+    @task
+    def progressing() -> None:
+        ctx = current_task()
+        ctx.report_progress(0.5, "half")
+        ctx.report_progress(7, "x" * 2000)
+        ctx.report_progress(-1)
+
+    progress: list[tuple[float, str]] = []
+    run(progressing, make_job("progressing"), progress=progress)
+    assert progress == [(0.5, "half"), (1.0, "x" * 1024), (0.0, "")]
+
+
+def test_progress_rejects_nan() -> None:
+    @task
+    def bad_progress() -> None:
+        current_task().report_progress(float("nan"))
+
+    [(_, result)] = run(bad_progress, make_job("bad_progress"), progress=[])
+    assert isinstance(result, Failed) and result.type == "ValueError"

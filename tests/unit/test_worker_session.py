@@ -1,0 +1,89 @@
+"""The stream's conversions: assignments to jobs, results and batches to messages, reconnect delays."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+
+from conveyor.v1 import worker_service_pb2 as wpb
+
+from worker_sdk._engine import Batch, PendingRelease
+from worker_sdk._jobs import Cancelled, Failed, Succeeded
+from worker_sdk._session import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    MAX_BATCH_BYTES,
+    backoff_delays,
+    batch_messages,
+    job_from_assignment,
+    outcome_message,
+)
+
+
+def test_an_assignment_becomes_a_job() -> None:
+    assignment = wpb.Assignment(task_id="01ARZ3NDEKTSV4RRFFQ69G5FAV@q", queue="q", name="app.add", payload=b"{}",
+                                content_type="application/json", headers={"k": "v"}, attempt=2, max_attempts=3,
+                                lease_token=99, lease_duration=datetime.timedelta(seconds=30),
+                                execution_timeout=datetime.timedelta(milliseconds=1500))
+    job = job_from_assignment(assignment)
+    assert (job.task_id, job.queue, job.name, job.payload, job.content_type, dict(job.headers)) == (
+        "01ARZ3NDEKTSV4RRFFQ69G5FAV@q", "q", "app.add", b"{}", "application/json", {"k": "v"})
+    assert (job.attempt, job.max_attempts, job.lease_token) == (2, 3, 99)
+    assert (job.lease_duration, job.timeout) == (30.0, 1.5)
+    assert not job.started and job.running
+
+
+def test_an_assignment_without_a_timeout_has_none() -> None:
+    assert job_from_assignment(wpb.Assignment(task_id="t@q", lease_token=1)).timeout is None
+
+
+def test_results_become_outcomes() -> None:
+    success = outcome_message(("t@q", 5), Succeeded(b"1", "application/json"))
+    assert (success.task_id, success.lease_token, success.WhichOneof("result")) == ("t@q", 5, "success")
+    assert success.success.payload == b"1"
+
+    failure = outcome_message(("t@q", 5), Failed("ValueError", "m", "tb", retryable=False, retry_after=2.5))
+    assert failure.WhichOneof("result") == "failure"
+    error = failure.failure.error
+    assert (error.type, error.message, error.traceback, error.retryable) == ("ValueError", "m", "tb", False)
+    assert failure.failure.retry_after.ToTimedelta() == datetime.timedelta(seconds=2.5)
+    assert not outcome_message(("t@q", 5), Failed("E", "m")).failure.HasField("retry_after")
+
+    assert outcome_message(("t@q", 5), Cancelled()).WhichOneof("result") == "cancelled"
+
+
+def test_a_batch_is_written_as_releases_outcomes_progress_heartbeat_then_credits() -> None:
+    batch = Batch(releases=[PendingRelease((("a@q", 1),), "worker_shutdown", True)],
+                  outcomes=[(("b@q", 2), Succeeded(b"1", "application/json")), (("c@q", 3), Cancelled())],
+                  progress=[(("d@q", 4), 0.5, "half")], credits=4)
+    messages = batch_messages(batch, heartbeat=[("d@q", 4)])
+    assert [m.WhichOneof("kind") for m in messages] == ["release", "outcomes", "progress", "heartbeat", "credit"]
+    release, outcomes, progress, heartbeat, credit = messages
+    assert (release.release.reason, release.release.started) == ("worker_shutdown", True)
+    assert [o.task_id for o in outcomes.outcomes.outcomes] == ["b@q", "c@q"]
+    assert progress.progress.updates[0].progress == 0.5
+    assert heartbeat.heartbeat.leases[0].lease_token == 4
+    assert credit.credit.credits == 4
+
+
+def test_an_empty_batch_writes_nothing_but_an_empty_heartbeat_is_still_sent() -> None:
+    assert batch_messages(Batch(), heartbeat=None) == []
+    [message] = batch_messages(Batch(), heartbeat=[])
+    assert message.WhichOneof("kind") == "heartbeat" and len(message.heartbeat.leases) == 0
+
+
+def test_large_outcome_batches_are_split() -> None:
+    big = Succeeded(b"x" * (MAX_BATCH_BYTES // 4), "application/json")  # three fit in one message
+    batch = Batch(outcomes=[((f"{i}@q", i), big) for i in range(7)])
+    messages = batch_messages(batch, heartbeat=None)
+    assert len(messages) == 3
+    assert sum(len(m.outcomes.outcomes) for m in messages) == 7
+    assert all(m.ByteSize() <= MAX_BATCH_BYTES + 1024 for m in messages)
+
+
+def test_reconnect_delays_grow_with_jitter_up_to_the_cap() -> None:
+    delays = list(itertools.islice(backoff_delays(), 12))
+    assert BACKOFF_FIRST / 2 <= delays[0] <= BACKOFF_FIRST
+    assert all(0 < d <= BACKOFF_MAX for d in delays)
+    assert delays[-1] >= BACKOFF_MAX / 2
+    assert len(set(delays)) > 1
