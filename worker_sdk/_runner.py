@@ -142,11 +142,12 @@ class Runner:
             context.bind(ctx)
             if job.timeout is None:
                 return await fn(*args, **kwargs)
+            deadline = asyncio.timeout(job.timeout)
             try:
-                async with asyncio.timeout(job.timeout):
+                async with deadline:
                     return await fn(*args, **kwargs)
             except TimeoutError:
-                if job.cancel_event.is_set():
+                if not deadline.expired():  # the function's own TimeoutError
                     raise
                 job.cancel_event.set()
                 raise _TimedOut() from None

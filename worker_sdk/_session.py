@@ -167,9 +167,11 @@ class Session:
             await self._leave(reader, writer, drained=False)
             return "closed"
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in FATAL_CODES:
+            if exc.code() in FATAL_CODES and not self.welcomed:
                 raise WorkerError(f"broker refused the worker: {exc.code().name}: {exc.details()}") from None
             raise StreamBroken(f"{exc.code().name}: {exc.details()}") from None
+        except asyncio.InvalidStateError as exc:  # a write after the call ended
+            raise StreamBroken(str(exc)) from None
         finally:
             for task in tasks:
                 task.cancel()

@@ -22,6 +22,7 @@ from client_sdk import TaskDefinition, task
 from worker_sdk._engine import WORKER_SHUTDOWN, Engine
 from worker_sdk._runner import Runner
 from worker_sdk._session import Identity, Session, StreamBroken, backoff_delays
+from worker_sdk.errors import WorkerError
 
 __all__ = ["Worker"]
 
@@ -198,7 +199,11 @@ class Worker:
         handled: list[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                except NotImplementedError:  # event loops without signal support (Windows)
+                    logger.debug("cannot handle %s on this event loop", sig.name)
+                    continue
                 handled.append(sig)
         try:
             await self.run_async()
@@ -301,6 +306,11 @@ class Worker:
                 failures += 1
                 log = logger.warning if failures == 1 or failures % 20 == 0 else logger.debug
                 log("stream to broker %s broken (%d in a row): %s", self._broker, failures, exc)
+            except WorkerError:
+                raise
+            except Exception:  # a worker keeps its tasks and reconnects, whatever broke
+                failures += 1
+                logger.exception("stream to broker %s failed unexpectedly", self._broker)
             finally:
                 await channel.close(None)
             if session.welcomed:
