@@ -107,29 +107,33 @@ class Engine:
                 logger.info("cancelling task task_id=%s name=%s", job.task_id, job.name)
                 job.request_cancel()
 
-    def lost(self, task_id: str) -> None:
-        """The lease of `task_id` is stale: stop the task and never send its outcome."""
-        for key, job in list(self.jobs.items()):
-            if job.task_id == task_id and job.running:
-                logger.warning("lease lost; abandoning task task_id=%s name=%s", task_id, job.name)
-                job.lost = True
-                job.request_cancel()
-                self.progress.pop(key, None)
-        for key in [k for k in self.unacked if k[0] == task_id]:
-            logger.warning("lease lost before the outcome was acknowledged task_id=%s", task_id)
-            del self.unacked[key]
+    def lost(self, key: LeaseKey) -> None:
+        """The lease `key` is stale: stop its attempt and never send (or resend) its outcome."""
+        job = self.jobs.get(key)
+        if job is not None and job.running:
+            logger.warning("lease lost; abandoning task task_id=%s name=%s", key[0], job.name)
+            job.lost = True
+            job.request_cancel()
+            self.progress.pop(key, None)
+        if self.unacked.pop(key, None) is not None:
+            logger.warning("lease lost before the outcome was acknowledged task_id=%s", key[0])
         self.settled.set()
 
-    def acked(self, task_id: str, accepted: bool) -> None:
-        """The broker answered an outcome of `task_id`."""
-        key = next((k for k in self.unacked if k[0] == task_id and k in self.sent), None)
-        if key is None:
-            logger.debug("acknowledgement of an unknown outcome task_id=%s", task_id)
+    def cancel_lease(self, key: LeaseKey) -> None:
+        """The lease `key` is current but its task was cancelled: stop the attempt."""
+        job = self.jobs.get(key)
+        if job is not None and job.running:
+            logger.info("cancelling task task_id=%s name=%s", key[0], job.name)
+            job.request_cancel()
+
+    def acked(self, key: LeaseKey, accepted: bool) -> None:
+        """The broker answered the outcome of the attempt holding `key`."""
+        if key not in self.sent or self.unacked.pop(key, None) is None:
+            logger.debug("acknowledgement of an unknown outcome task_id=%s", key[0])
             return
-        del self.unacked[key]
         self.sent.discard(key)
         if not accepted:
-            logger.warning("outcome refused: the lease was stale task_id=%s", task_id)
+            logger.warning("outcome refused: the lease was stale task_id=%s", key[0])
         self.settled.set()
 
     # -- what the jobs produce ---------------------------------------------------------------

@@ -48,7 +48,10 @@ def failure_from_exception(exc: BaseException, dont_retry_on: Iterable[type[Base
     message = str(exc)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    text = _tail("".join(traceback.format_exception(exc)), MAX_TRACEBACK_CHARS)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the traceback starts at the task's own code, not at the worker's call
+    text = _tail("".join(traceback.format_exception(type(exc), exc, tb)), MAX_TRACEBACK_CHARS)
     if isinstance(exc, Retry):
         return Failed(qualified_name(type(exc)), message, text, retryable=True, retry_after=exc.after)
     retryable = not isinstance(exc, (NonRetryableError, *tuple(dont_retry_on)))

@@ -10,6 +10,7 @@ import datetime
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,8 @@ class Session:
         self._interval = heartbeat or DEFAULT_HEARTBEAT
         self._grant = True
         self._granted_any = False
+        self._beats: deque[list[LeaseKey]] = deque()
+        self._outcome_batches: deque[list[LeaseKey]] = deque()
         self._heartbeat_due = False
         self._finish_writing = False
         self._drain = asyncio.Event()
@@ -181,9 +184,10 @@ class Session:
 
     async def _hello(self, call: Any) -> None:
         me = self._identity
+        claims = self._engine.claims()
         await call.write(wpb.WorkerMessage(hello=wpb.Hello(
             worker_id=me.worker_id, queues=me.queues, task_names=me.task_names, concurrency=me.concurrency,
-            claims=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in self._engine.claims()],
+            claims=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in claims],
             hostname=me.hostname, pid=me.pid, sdk=SDK)))
         try:
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
@@ -194,18 +198,25 @@ class Session:
         welcome = first.welcome
         if self._heartbeat_override is None and welcome.HasField("heartbeat_interval"):
             self._interval = _seconds(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT
-        self._statuses(welcome.claims)
+        self._statuses(welcome.claims, claims)
         self._engine.begin_stream()
         self.welcomed = True
         logger.info("connected broker_id=%s worker_id=%s heartbeat=%.2fs claims=%d",
                     welcome.broker_id, me.worker_id, self._interval, len(welcome.claims))
 
-    def _statuses(self, statuses: Any) -> None:
-        for status in statuses:
-            if status.state == LeaseState.LEASE_STATE_STALE:
-                self._engine.lost(status.task_id)
+    def _statuses(self, statuses: Any, keys: list[LeaseKey]) -> None:
+        """Applies lease statuses; they answer `keys` in order (a status names no token)."""
+        if len(statuses) != len(keys):
+            logger.warning("lease statuses do not match the leases sent sent=%d answered=%d",
+                           len(keys), len(statuses))
+            return
+        for status, key in zip(statuses, keys, strict=True):
+            if status.task_id != key[0]:
+                logger.warning("lease status out of order task_id=%s expected=%s", status.task_id, key[0])
+            elif status.state == LeaseState.LEASE_STATE_STALE:
+                self._engine.lost(key)
             elif status.state == LeaseState.LEASE_STATE_CANCEL_REQUESTED:
-                self._engine.cancel([status.task_id])
+                self._engine.cancel_lease(key)
 
     async def _read(self, call: Any) -> None:
         handlers: dict[str, Callable[[Any], None]] = {
@@ -213,8 +224,8 @@ class Session:
                 [job_from_assignment(a) for a in m.assignments.assignments],
                 refuse_reason=BROKER_DRAINED if self._drain.is_set() else None),
             "cancel": lambda m: self._engine.cancel(m.cancel.task_ids),
-            "lease_statuses": lambda m: self._statuses(m.lease_statuses.statuses),
-            "outcome_acks": lambda m: self._acks(m.outcome_acks.acks),
+            "lease_statuses": lambda m: self._statuses(m.lease_statuses.statuses, self._pop(self._beats)),
+            "outcome_acks": lambda m: self._acks(m.outcome_acks.acks, self._pop(self._outcome_batches)),
             "drain": self._on_drain,
         }
         while True:
@@ -231,9 +242,17 @@ class Session:
             else:
                 handler(message)
 
-    def _acks(self, acks: Any) -> None:
-        for ack in acks:
-            self._engine.acked(ack.task_id, ack.status == wpb.OutcomeStatus.OUTCOME_STATUS_ACCEPTED)
+    @staticmethod
+    def _pop(sent: deque[list[LeaseKey]]) -> list[LeaseKey]:
+        return sent.popleft() if sent else []
+
+    def _acks(self, acks: Any, keys: list[LeaseKey]) -> None:
+        """Applies outcome acks; they answer `keys` (one Outcomes message) in order."""
+        if len(acks) != len(keys):
+            logger.warning("outcome acks do not match the outcomes sent sent=%d answered=%d", len(keys), len(acks))
+            return
+        for ack, key in zip(acks, keys, strict=True):
+            self._engine.acked(key, ack.status == wpb.OutcomeStatus.OUTCOME_STATUS_ACCEPTED)
 
     def _on_drain(self, message: Any) -> None:
         grace = _seconds(message.drain.grace) if message.drain.HasField("grace") else DRAIN_FLUSH_MAX
@@ -253,6 +272,12 @@ class Session:
             self._heartbeat_due = False
             try:
                 for message in batch_messages(batch, heartbeat):
+                    kind = message.WhichOneof("kind")
+                    # Answers name no lease token: remember what each one answers, in order.
+                    if kind == "outcomes":
+                        self._outcome_batches.append([(o.task_id, o.lease_token) for o in message.outcomes.outcomes])
+                    elif kind == "heartbeat":
+                        self._beats.append([(r.task_id, r.lease_token) for r in message.heartbeat.leases])
                     await call.write(message)
             except BaseException:
                 engine.restore(batch)

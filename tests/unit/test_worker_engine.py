@@ -103,8 +103,9 @@ def test_outcomes_finished_together_go_out_in_one_batch_and_stay_until_acked() -
             (f"{i:026d}@q", Succeeded(str(2 * i).encode(), "application/json")) for i in range(3)]
         assert batch.credits == 3
         assert engine.take(grant=True).outcomes == []  # sent once per stream
-        engine.acked(f"{0:026d}@q", accepted=True)
-        engine.acked(f"{1:026d}@q", accepted=False)
+        engine.acked((f"{0:026d}@q", 7), accepted=True)
+        engine.acked((f"{1:026d}@q", 7), accepted=False)
+        engine.acked((f"{2:026d}@q", 8), accepted=True)  # another attempt's token: not this outcome
         assert [key[0] for key in engine.unacked] == [f"{2:026d}@q"]
         engine.begin_stream()  # reconnect: the unacked one is sent again
         assert [key[0] for key, _ in engine.take(grant=False).outcomes] == [f"{2:026d}@q"]
@@ -127,7 +128,9 @@ def test_a_stale_lease_stops_the_task_and_drops_its_outcome() -> None:
         engine.accept([job("wait", n=1)], refuse_reason=None)
         await asyncio.sleep(0.05)
         running = next(iter(engine.jobs.values()))
-        engine.lost(running.task_id)
+        engine.lost((running.task_id, 8))  # another attempt's lease: this one runs on
+        assert not running.lost
+        engine.lost((running.task_id, running.lease_token))
         assert running.cancel_event.is_set() and running.lost
         await until(lambda: not engine.jobs)
         assert engine.unacked == {}
@@ -138,11 +141,12 @@ def test_a_stale_lease_stops_the_task_and_drops_its_outcome() -> None:
 
 def test_a_cancel_request_ends_the_attempt_as_cancelled() -> None:
     async def body(engine: Engine) -> None:
-        engine.accept([job("wait", n=1)], refuse_reason=None)
+        engine.accept([job("wait", n=1), job("wait", n=2)], refuse_reason=None)
         await asyncio.sleep(0.05)
         engine.cancel([f"{1:026d}@q", "unknown@q"])
-        await until(lambda: bool(engine.unacked))
-        assert list(engine.unacked.values()) == [Cancelled()]
+        engine.cancel_lease((f"{2:026d}@q", 7))
+        await until(lambda: len(engine.unacked) == 2)
+        assert list(engine.unacked.values()) == [Cancelled(), Cancelled()]
 
     with_engine(body)
 
