@@ -99,6 +99,7 @@ def test_an_exception_is_a_retryable_failure() -> None:
     assert isinstance(result, Failed)
     assert (result.type, result.message, result.retryable) == ("ValueError", "bad value", True)
     assert "in explode" in result.traceback
+    assert "worker_sdk" not in result.traceback  # it starts at the task's own code
 
 
 def test_dont_retry_on_from_the_task_options_is_honoured() -> None:
