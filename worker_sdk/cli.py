@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-id", default=None, help="id of this worker (default host-pid-random)")
     parser.add_argument("--shutdown-grace", type=float, default=None,
                         help="seconds running tasks get to finish on SIGTERM")
-    parser.add_argument("--log-level", default=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO"),
+    parser.add_argument("--log-level", default=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO").upper(), type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="DEBUG, INFO, WARNING or ERROR [env CONVEYOR_LOG_LEVEL, default INFO]")
     return parser
 
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``conveyor worker``; returns the exit code (0 after a clean drain)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     try:
         worker = load_worker(args.target)
         queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues is not None else None

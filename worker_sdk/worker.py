@@ -20,7 +20,7 @@ import grpc
 
 from client_sdk import TaskDefinition, task
 from worker_sdk._engine import WORKER_SHUTDOWN, Engine
-from worker_sdk._runner import Runner
+from worker_sdk._runner import Report, Runner
 from worker_sdk._session import Identity, Session, StreamBroken, backoff_delays
 from worker_sdk.errors import WorkerError
 
@@ -247,7 +247,7 @@ class Worker:
                             hostname=socket.gethostname(), pid=os.getpid())
         executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="conveyor-task")
 
-        def make_runner(report: Any) -> Runner:
+        def make_runner(report: Report) -> Runner:
             self._runner = Runner(executor, report)
             return self._runner
 
