@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``conveyor worker``; returns the exit code (0 after a clean drain)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    try:
+        logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    except ValueError as exc:  # a bad CONVEYOR_LOG_LEVEL (the flag itself is checked by argparse)
+        print(f"conveyor worker: {exc}", file=sys.stderr)
+        return 2
     try:
         worker = load_worker(args.target)
         queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues is not None else None
