@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -83,7 +84,7 @@ class Broker:
                         lease_ms=int(s.lease_seconds * 1000), result_ttl_ms=int(s.result_ttl_seconds * 1000),
                         max_attempts=s.default_max_attempts)
         session = SessionSettings(broker_id=self.broker_id, heartbeat_seconds=s.heartbeat_interval,
-                                  poll_seconds=s.dispatch_poll_seconds)
+                                  poll_seconds=s.dispatch_poll_seconds, redis_timeout_seconds=s.redis_timeout_seconds)
 
         self._server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),
@@ -109,8 +110,16 @@ class Broker:
         else:
             cause = None
         if not self.port:
-            await self._close_store()
+            await self._abort_start()
             raise BrokerStartError(f"cannot listen on {s.listen} (address in use?)") from cause
+        if s.metrics_port:
+            try:
+                self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host,
+                                                            registry=self.metrics.registry)
+            except OSError as exc:
+                await self._abort_start()
+                raise BrokerStartError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from exc
+            self.metrics_port = self._metrics_server.server_port
         await self._server.start()
 
         self._loops = [
@@ -121,10 +130,6 @@ class Broker:
         ]
         for loop in self._loops:
             loop.start()
-        if s.metrics_port:
-            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host,
-                                                        registry=self.metrics.registry)
-            self.metrics_port = self._metrics_server.server_port
         log.info("broker %s listening on port %d (metrics %s)", self.broker_id, self.port,
                  self.metrics_port or "off")
 
@@ -135,21 +140,34 @@ class Broker:
         await self._health.enter_graceful_shutdown()
         if self._dispatcher is not None:
             await self._dispatcher.drain(grace)
+        # One budget for the whole stop: in-flight RPCs ran during the drain and get what is left.
+        # The metrics endpoint needs up to its poll interval (0.5 s) to stop: it stops meanwhile.
+        metrics_stopped = asyncio.create_task(asyncio.to_thread(self._stop_metrics))
         if self._server is not None:
-            await self._server.stop(max(0.5, grace - (time.monotonic() - started)))
+            await self._server.stop(max(0.1, grace - (time.monotonic() - started)))
         for loop in self._loops:
             await loop.stop()
         if self._hub is not None:
             await self._hub.stop()
+        await metrics_stopped
+        await self._close_store()
+        log.info("broker %s stopped", self.broker_id)
+
+    def _stop_metrics(self) -> None:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]
             self._metrics_server.server_close()  # type: ignore[attr-defined]
-        await self._close_store()
-        log.info("broker %s stopped", self.broker_id)
 
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+    async def _abort_start(self) -> None:
+        """Undoes a start that failed before the server started."""
+        if self._hub is not None:
+            await self._hub.stop()
+            self._hub = None
+        await self._close_store()
 
     async def _close_store(self) -> None:
         if self._redis is not None:

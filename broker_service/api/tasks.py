@@ -9,7 +9,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from conveyor.v1 import task_service_pb2 as ts
 from conveyor.v1 import task_service_pb2_grpc as ts_grpc
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +48,17 @@ class SessionSettings:
     broker_id: str
     heartbeat_seconds: float
     poll_seconds: float
+    redis_timeout_seconds: float = 5.0
+
+
+_background_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` to its end even though the RPC that started it is over."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
 
 
 def _group(task_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
@@ -81,6 +92,7 @@ class WorkerSession:
         self._draining = False
         self._closed = False
         self._error: BaseException | None = None
+        self._unsent: list[ws.Assignment] = []
 
     # Called from the dispatcher (event loop thread, never awaits).
     def wake(self) -> None:
@@ -108,9 +120,13 @@ class WorkerSession:
             claims=[ws.LeaseStatus(task_id=c.task_id, state=s) for c, s in zip(claims, states, strict=True)]))
 
     async def run(self, requests: AsyncIterator[ws.WorkerMessage]) -> AsyncIterator[ws.BrokerMessage]:
-        """Yields what to send until the worker closes its side or an error ends the session."""
-        tasks = [asyncio.create_task(self._guard(self._read(requests)), name=f"read-{self.worker_id}"),
-                 asyncio.create_task(self._guard(self._dispatch()), name=f"dispatch-{self.worker_id}")]
+        """Yields what to send until the worker closes its side or an error ends the session.
+
+        Tasks leased for this worker but never written to its stream (the stream ended first)
+        are released at once, so they do not wait out their lease.
+        """
+        reader = asyncio.create_task(self._guard(self._read(requests)), name=f"read-{self.worker_id}")
+        dispatcher = asyncio.create_task(self._guard(self._dispatch()), name=f"dispatch-{self.worker_id}")
         try:
             while (message := await self._outbox.get()) is not None:
                 yield message
@@ -118,11 +134,27 @@ class WorkerSession:
                 raise self._error
         finally:
             self._closed = True
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            self._wake.set()
+            reader.cancel()
+            # The dispatcher is not cancelled mid-lease: a lease whose reply is lost would leave
+            # tasks RUNNING for nobody until their lease expires.
+            done, _ = await asyncio.wait({dispatcher}, timeout=self._settings.redis_timeout_seconds + 1)
+            if not done:
+                dispatcher.cancel()
+            while not self._outbox.empty():
+                message = self._outbox.get_nowait()
+                if message is not None and message.WhichOneof("kind") == "assignments":
+                    self._unsent.extend(message.assignments.assignments)
+            if self._unsent:
+                _background(self._release_unsent(self._unsent))
+
+    async def _release_unsent(self, assignments: list[ws.Assignment]) -> None:
+        release = ws.Release(leases=[ws.LeaseRef(task_id=a.task_id, lease_token=a.lease_token) for a in assignments],
+                             reason=RedeliveryReason.WORKER_SHUTDOWN.value, started=False)
+        try:
+            await self._release(release)
+        except Exception as exc:  # noqa: BLE001 - their leases will expire instead
+            log.warning("could not release %d unsent tasks of worker=%s: %s", len(assignments), self.worker_id, exc)
 
     async def _guard(self, work: Awaitable[None]) -> None:
         try:
@@ -154,7 +186,7 @@ class WorkerSession:
                 raise invalid_argument(kind or "kind", "only the first message of a stream may be a hello")
 
     async def _dispatch(self) -> None:
-        while True:
+        while not self._closed:
             if self._credits <= 0 or self._draining:
                 self._wake.clear()
                 await self._wake.wait()
@@ -169,6 +201,9 @@ class WorkerSession:
                     self._metrics.expired.labels(queue).inc(len(expired))
                 if not leased:
                     continue
+                if self._closed:
+                    self._unsent.extend(convert.assignment(task) for task in leased)
+                    return
                 leased_any = True
                 self._credits -= len(leased)
                 wait = self._metrics.wait_seconds.labels(queue)
