@@ -7,8 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from client_sdk import Client, TaskState
 from tests.helpers import BrokerProcess, free_port, kill_group, spawn
 from tests.redis_process import RedisProcess
