@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -65,11 +67,20 @@ def test_reflection_lists_the_services_and_describes_their_methods_and_messages(
         assert all(documented_methods), documented_methods
 
 
-@pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl is not on PATH")
+# The dev dependencies install grpcurl beside the interpreter; a grpcurl on PATH also serves.
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed")
 def test_grpcurl_lists_and_describes_the_services(fast_broker: BrokerProcess) -> None:
-    listed = subprocess.run(["grpcurl", "-plaintext", fast_broker.address, "list"],
+    assert GRPCURL is not None
+    listed = subprocess.run([GRPCURL, "-plaintext", fast_broker.address, "list"],
                             capture_output=True, text=True, timeout=20, check=True).stdout.split()
     assert set(CONTRACT) <= set(listed)
-    described = subprocess.run(["grpcurl", "-plaintext", fast_broker.address, "describe", "conveyor.v1.TaskSpec"],
+    described = subprocess.run([GRPCURL, "-plaintext", fast_broker.address, "describe", "conveyor.v1.TaskSpec"],
                                capture_output=True, text=True, timeout=20, check=True).stdout
     assert "Task name" in described
+    method = subprocess.run([GRPCURL, "-plaintext", fast_broker.address, "describe",
+                             "conveyor.v1.TaskService.EnqueueTask"],
+                            capture_output=True, text=True, timeout=20, check=True).stdout
+    assert "Submits one task" in method
