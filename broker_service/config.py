@@ -85,8 +85,9 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         given = getattr(args, f.name, None) if args is not None else None
         if given is None and (_ENV_PREFIX + f.name.upper()) in environ:
             raw = environ[_ENV_PREFIX + f.name.upper()]
+            kind: type = type(f.default)
             try:
-                given = type(f.default)(raw)
+                given = kind(raw)
             except ValueError as exc:
                 raise SystemExit(f"{_ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
         if given is not None:
