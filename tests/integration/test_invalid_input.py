@@ -23,7 +23,7 @@ from conveyor.v1 import (
     worker_service_pb2_grpc,
 )
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from client_sdk import Client, InvalidArgumentError, TaskState

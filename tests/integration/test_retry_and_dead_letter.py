@@ -53,7 +53,7 @@ def test_retry_after_is_honoured_exactly_whatever_the_backoff_policy(
 
     assert handle.result(timeout=15) == 2
     first, second = (float(line) for line in trace_file.read_text().splitlines())
-    assert 0.8 <= second - first < 0.8 + 1.0
+    assert 0.8 <= second - first < 0.8 + 2.0  # the policy alone would have waited 60 s
     assert handle.get().attempt == 2
 
 

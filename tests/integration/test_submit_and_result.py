@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import grpc
+import pytest
 from conveyor.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from client_sdk import AsyncClient, Client, TaskState
@@ -29,6 +30,31 @@ def test_sync_client_enqueues_a_task_definition_and_gets_its_result(
     assert info.attempt == 1
     assert info.created_at is not None and info.started_at is not None and info.finished_at is not None
     assert info.created_at <= info.started_at <= info.finished_at
+
+
+def test_enqueue_of_the_bare_definition_and_of_a_bare_name_use_the_default_queue(
+    fast_client: Client, start_worker: StartWorker
+) -> None:
+    """`client.enqueue(add, 1, 2)` as a user writes it (the module's broker has its own namespace)."""
+    start_worker("default")
+    by_definition = fast_client.enqueue(add, 1, 2)
+    by_name = fast_client.enqueue("worker_sdk.examples.add", 3, 4)
+    assert by_definition.queue == by_name.queue == "default"
+    assert by_definition.result(timeout=15) == 3
+    assert by_name.result(timeout=15) == 7
+
+
+def test_arguments_that_do_not_fit_the_task_are_refused_before_anything_is_sent(
+    fast_client: Client, queue_name: str
+) -> None:
+    definition = add.with_options(queue=queue_name)
+    with pytest.raises(TypeError):
+        fast_client.enqueue(definition, 1)  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        fast_client.enqueue(definition, 1, 2, z=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        fast_client.enqueue(definition, 1, object())  # type: ignore[call-overload]  # not JSON
+    assert list(fast_client.list(queue_name, TaskState.QUEUED)) == []
 
 
 def test_sync_client_enqueues_by_signature_with_keyword_arguments(

@@ -38,7 +38,7 @@ def test_a_waiter_on_a_running_task_gets_its_terminal_state_as_soon_as_it_comple
     assert info.state is TaskState.SUCCEEDED
     assert elapsed < 5  # a 1 s task, with a 60 s poll: woken by the completion
     assert info.finished_at is not None
-    assert (returned - info.finished_at).total_seconds() < 1.0
+    assert (returned - info.finished_at).total_seconds() < 2.0
 
 
 def test_a_wait_stream_reports_each_state_change_as_it_happens(
@@ -64,7 +64,7 @@ def test_a_wait_stream_reports_each_state_change_as_it_happens(
     states = [state for state, _ in seen]
     assert states == [task_pb2.TASK_STATE_QUEUED, task_pb2.TASK_STATE_RUNNING, task_pb2.TASK_STATE_SUCCEEDED]
     # RUNNING to SUCCEEDED is the 0.5 s the task sleeps, give or take: no poll in between.
-    assert seen[2][1] - seen[1][1] < 1.5
+    assert seen[2][1] - seen[1][1] < 3
 
 
 def test_an_async_waiter_is_woken_by_the_completion_too(
