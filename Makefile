@@ -86,8 +86,23 @@ lint: $(STAMP)
 	$(BIN)/mypy broker_service worker_sdk client_sdk || status=1; \
 	exit $$status
 
-bench: $(STAMP)
-	@echo "Benchmarks come later: there is no benchmark suite yet."
+# The peers (Celery, Dramatiq, huey) and matplotlib live in their own virtualenv, never in
+# Conveyor's dependencies. `make bench QUICK=1` is the short run; BENCH_ARGS adds flags of
+# `python -m tests.bench` (--systems, --scenarios, --runs, --server valkey...).
+BENCH_VENV := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.bench-installed
+BENCH_PEERS := 'celery[redis]>=5.7,<5.8' 'dramatiq[redis]>=2.2,<2.3' 'huey>=3.5,<3.6' 'redis>=5' 'matplotlib>=3.8'
+QUICK ?=
+BENCH_ARGS ?=
+
+$(BENCH_STAMP):
+	@test -x $(BENCH_VENV)/bin/python || { echo "creating $(BENCH_VENV) for the benchmark's peers"; \
+	  $(PYTHON) -m venv $(BENCH_VENV) || { rm -rf $(BENCH_VENV); exit 1; }; }
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-input $(BENCH_PEERS)
+	@touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(VPY) -m tests.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,12 +5,13 @@ Runs under .bench-venv's interpreter (matplotlib lives there, never in the proje
 
 import json
 import sys
+from typing import Any
 
 
-def points(results):
+def points(results: dict[str, Any]) -> dict[str, list[tuple[int, float, str]]]:
     """{system label: [(total concurrency, median tasks/s, configuration), ...]} from scenario 3."""
     labels = {"conveyor": "Conveyor", "celery": "Celery", "dramatiq": "Dramatiq", "huey": "huey"}
-    out = {}
+    out: dict[str, list[tuple[int, float, str]]] = {}
     for key, configs in results.get("scenarios", {}).get("3", {}).items():
         series = []
         for label, entry in configs.items():
@@ -24,7 +25,7 @@ def points(results):
     return out
 
 
-def _concurrency(system, label):
+def _concurrency(system: str, label: str) -> int:
     """Total tasks run at once for a configuration label (see tests/bench/systems.py)."""
     words = label.replace("×", " x ").replace("=", " ").split()
     numbers = [int(w) for w in words if w.isdigit()]
@@ -37,11 +38,11 @@ def _concurrency(system, label):
     return numbers[-1] if numbers else 1
 
 
-def main(argv):
-    import matplotlib
+def main(argv: list[str]) -> int:
+    import matplotlib  # type: ignore[import-not-found]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
 
     source, target = argv[1], argv[2]
     with open(source) as f:

@@ -134,19 +134,18 @@ def timed_roundtrips(seconds: float, one: Callable[[int], object]) -> dict[str, 
 def open_loop(rate: float, seconds: float, submit: Callable[[int], str]) -> tuple[list[tuple[str, float]], float]:
     """Submits at a fixed rate for `seconds` whatever the answers take (open loop).
 
-    Submission i is due at start + i / rate; a late one goes at once, nothing is skipped.
-    Returns (task id, wall-clock submit time) pairs and the achieved rate.
+    Submission i is due at start + i / rate; a late one goes at once, nothing is skipped. Its
+    submit time is the time it was due, so a client that falls behind is charged for it.
+    Returns (task id, wall-clock due time) pairs and the achieved rate.
     """
     total = max(1, int(rate * seconds))
     sent: list[tuple[str, float]] = []
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
+        delay = start + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        submitted = time.time()
-        sent.append((submit(i), submitted))
+        sent.append((submit(i), wall + i / rate))
     elapsed = time.perf_counter() - start
     return sent, total / elapsed if elapsed > 0 else 0.0
 

@@ -21,6 +21,7 @@ from tests.bench import common
 from tests.bench.conveyor_tasks import QUEUE, add, async_sleep, sleep, stamp
 
 NAMESPACE = "conveyor"
+OPEN_LOOP_INFLIGHT = 64
 
 
 def _signature(task: str, i: int, args: Any) -> Signature:
@@ -86,11 +87,43 @@ def roundtrip(args: Any) -> dict[str, Any]:
 
 
 def openloop(args: Any) -> dict[str, Any]:
-    with Client(args.target, timeout=60) as client:
-        client.enqueue(stamp, -1).result(timeout=args.timeout)  # warm up
-        sent, achieved = common.open_loop(args.rate, args.seconds, lambda i: client.enqueue(stamp, i).id)
+    sent, achieved = asyncio.run(_open_loop_async(args))
     started, stored = _read_outcomes(args.redis_url, [task_id for task_id, _ in sent], args.timeout)
     return common.open_loop_summary(sent, started, stored, achieved)
+
+
+async def _open_loop_async(args: Any) -> tuple[list[tuple[str, float]], float]:
+    """Open loop on an AsyncClient: submission i is due at start + i / rate, whatever came before.
+
+    At most OPEN_LOOP_INFLIGHT calls are in flight (the broker answers UNAVAILABLE past about 100
+    concurrent calls: its Redis pool is bounded); each submission's time is the time it was due,
+    so time spent waiting for a free slot counts in its latency.
+    """
+    async with AsyncClient(args.target, timeout=60) as client:
+        await (await client.enqueue(stamp, -1)).result(timeout=args.timeout)  # warm up
+        total = max(1, int(args.rate * args.seconds))
+        sent: list[tuple[str, float]] = []
+        slots = asyncio.Semaphore(OPEN_LOOP_INFLIGHT)
+        calls: list[asyncio.Task[None]] = []
+
+        async def submit(i: int, due: float) -> None:
+            try:
+                handle = await client.enqueue(stamp, i)
+                sent.append((handle.id, due))
+            finally:
+                slots.release()
+
+        loop = asyncio.get_running_loop()
+        start, wall = loop.time(), time.time()
+        for i in range(total):
+            delay = start + i / args.rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await slots.acquire()
+            calls.append(asyncio.create_task(submit(i, wall + i / args.rate)))
+        await asyncio.wait_for(asyncio.gather(*calls), args.timeout)
+        elapsed = loop.time() - start
+    return sent, total / elapsed
 
 
 def _read_outcomes(url: str, ids: list[str], timeout: float) -> tuple[dict[str, float], dict[str, float]]:

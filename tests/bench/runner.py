@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,19 @@ def server_binary(choice: str | None) -> str:
 
         return str(get_binary_path())
     return choice
+
+
+def source_state() -> dict[str, Any]:
+    """The commit the benchmark ran on, and whether the work tree differed from it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "broker_service", "worker_sdk", "client_sdk"],
+                               cwd=root, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {"commit": head, "product_code_modified": bool(dirty)}
 
 
 def machine() -> dict[str, Any]:
@@ -141,13 +154,13 @@ def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: s
         if echo:
             print(f"[{time.time() - started:7.1f}s] {text}", file=sys.stderr, flush=True)
 
-    os.environ["CONVEYOR_TEST_REDIS_SERVER"] = binary
     server = RedisProcess()
+    server.binary = binary
     server.start()
     results: dict[str, Any] = {
         "meta": {"date": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(command),
                  "quick": quick, "sizes": sizes.__dict__, "machine": machine(), "logs": str(log_dir),
-                 "systems": [s.key for s in systems], "scenarios": scenarios,
+                 "systems": [s.key for s in systems], "scenarios": scenarios, "source": source_state(),
                  "server_args": "--save '' --appendonly yes --appendfsync everysec "
                                 "--maxmemory-policy noeviction (tests/redis_process.py)"},
         "scenarios": {},
@@ -174,42 +187,57 @@ def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: s
     return results
 
 
+Job = tuple[str, str, Callable[[], dict[str, Any]]]  # scenario, variant, measurement
+
+
+def _jobs(bench: Bench, system: System, scenarios: list[str], out: dict[str, Any], peer_sleep: bool) -> list[Job]:
+    """The measurements of one system, in order (scenario 5 reads scenario 3's results when it runs)."""
+    conveyor = system.key == "conveyor"
+    jobs: list[Job] = []
+    if "1" in scenarios:
+        jobs.append(("1", "sync", lambda: bench.enqueue(system, "1", "single")))
+        if conveyor:
+            jobs.append(("1", "async", lambda: bench.enqueue(system, "1", "async")))
+    if "2" in scenarios:
+        jobs.append(("2", "batch", lambda: bench.enqueue(system, "2", "batch")))
+    if "3" in scenarios or "6" in scenarios:
+        jobs += [("3", c.label, lambda c=c: bench.drain(system, c)) for c in system.drain_configs]  # type: ignore[misc]
+    if "4" in scenarios:
+        jobs.append(("4", system.roundtrip_config, lambda: bench.roundtrip(system)))
+    if "5" in scenarios:
+        jobs.append(("5", "", lambda: _open_loop(bench, system, out)))
+    if "7" in scenarios:
+        jobs.append(("7", "memory", lambda: bench.memory(system)))
+        if system.needs_broker:
+            jobs.append(("7", "broker_rss", lambda: bench.broker_rss(system)))
+    if "8" in scenarios and (conveyor or peer_sleep):
+        runs = None if conveyor else bench.sizes.peer_sleep_runs
+        jobs.append(("8", "sleep", lambda: bench.sleep(system, runs=runs)))
+        if conveyor:
+            jobs.append(("8", "async_sleep", lambda: bench.sleep(system, task="async_sleep", runs=1)))
+    return jobs
+
+
 def _run_all(bench: Bench, systems: list[System], scenarios: list[str], out: dict[str, Any],
              peer_sleep: bool) -> None:
-    def store(scenario: str, system: System, variant: str, value: dict[str, Any]) -> None:
-        out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
-
-    def guarded(scenario: str, system: System, variant: str, fn: Any) -> None:
-        try:
-            store(scenario, system, variant, fn())
-        except BenchError as exc:
-            bench.progress(f"{system.label}: scenario {scenario} {variant} failed: {exc}")
-            store(scenario, system, variant, {"error": str(exc), "runs": [], "median": {}})
-
     for system in systems:
-        if "1" in scenarios:
-            guarded("1", system, "sync", lambda s=system: bench.enqueue(s, "1", "single"))
-            if system.key == "conveyor":
-                guarded("1", system, "async", lambda s=system: bench.enqueue(s, "1", "async"))
-        if "2" in scenarios:
-            guarded("2", system, "batch", lambda s=system: bench.enqueue(s, "2", "batch"))
-        if "3" in scenarios or "6" in scenarios:
-            for config in system.drain_configs:
-                guarded("3", system, config.label, lambda s=system, c=config: bench.drain(s, c))
-        if "4" in scenarios:
-            guarded("4", system, system.roundtrip_config, lambda s=system: bench.roundtrip(s))
-        if "5" in scenarios:
-            config, rate = _half_drain(bench, system, out)
-            guarded("5", system, config.label, lambda s=system, c=config, r=rate: bench.open_loop(s, c, r))
-        if "7" in scenarios:
-            guarded("7", system, "memory", lambda s=system: bench.memory(s))
-            if system.needs_broker:
-                guarded("7", system, "broker_rss", lambda s=system: bench.broker_rss(s))
-        if "8" in scenarios and (system.key == "conveyor" or peer_sleep):
-            runs = None if system.key == "conveyor" else bench.sizes.peer_sleep_runs
-            guarded("8", system, "sleep", lambda s=system, r=runs: bench.sleep(s, runs=r))
-            if system.key == "conveyor":
-                guarded("8", system, "async_sleep", lambda s=system: bench.sleep(s, task="async_sleep"))
+        for scenario, variant, job in _jobs(bench, system, scenarios, out, peer_sleep):
+            try:
+                value = job()
+            except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
+                error = exc if isinstance(exc, BenchError) else BenchError(f"{type(exc).__name__}: {exc}")
+                bench.progress(f"{system.label}: scenario {scenario} {variant} failed: {error}")
+                value = {"error": str(error), "runs": [], "median": {}}
+            if scenario == "5":
+                variant = value.pop("variant", variant or "open loop")
+            out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
+
+
+def _open_loop(bench: Bench, system: System, out: dict[str, Any]) -> dict[str, Any]:
+    config, rate = _half_drain(bench, system, out)
+    result = bench.open_loop(system, config, rate)
+    result["variant"] = config.label
+    return result
 
 
 def _half_drain(bench: Bench, system: System, out: dict[str, Any]) -> tuple[Any, float]:

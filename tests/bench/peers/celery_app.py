@@ -1,5 +1,8 @@
 """Celery with a Redis broker (db 1) and the Redis result backend (db 2)."""
 
+# mypy: ignore-errors
+# (Runs under .bench-venv's interpreter: Celery, Dramatiq and huey are not installed where mypy runs.)
+
 import time
 
 from celery import Celery

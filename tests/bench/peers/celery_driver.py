@@ -1,9 +1,12 @@
 """Celery's client side of each scenario: ``python -m tests.bench.peers.celery_driver <op> ...``."""
 
+# mypy: ignore-errors
+# (Runs under .bench-venv's interpreter: Celery, Dramatiq and huey are not installed where mypy runs.)
+
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 
 import redis
@@ -47,13 +50,13 @@ def openloop(args):
         while pending and time.monotonic() < deadline:
             values = r.mget([f"celery-task-meta-{task_id}" for task_id in pending])
             still = []
-            for task_id, raw in zip(pending, values):
+            for task_id, raw in zip(pending, values, strict=True):
                 meta = json.loads(raw) if raw else None
                 if meta and meta.get("status") == "SUCCESS":
                     started[task_id] = float(meta["result"])
                     done = datetime.fromisoformat(meta["date_done"])
                     if done.tzinfo is None:
-                        done = done.replace(tzinfo=timezone.utc)
+                        done = done.replace(tzinfo=UTC)
                     stored[task_id] = done.timestamp()
                 else:
                     still.append(task_id)

@@ -1,5 +1,8 @@
 """Dramatiq with its Redis broker (db 3) and the Results middleware on Redis (db 4)."""
 
+# mypy: ignore-errors
+# (Runs under .bench-venv's interpreter: Celery, Dramatiq and huey are not installed where mypy runs.)
+
 import time
 
 import dramatiq

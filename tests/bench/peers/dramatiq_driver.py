@@ -1,5 +1,8 @@
 """Dramatiq's client side of each scenario: ``python -m tests.bench.peers.dramatiq_driver <op> ...``."""
 
+# mypy: ignore-errors
+# (Runs under .bench-venv's interpreter: Celery, Dramatiq and huey are not installed where mypy runs.)
+
 import sys
 import time
 from importlib import metadata
@@ -55,7 +58,7 @@ def openloop(args):
         while pending and time.monotonic() < deadline:
             times = r.hmget(STORED_KEY, pending)
             still = []
-            for task_id, when in zip(pending, times):
+            for task_id, when in zip(pending, times, strict=True):
                 try:
                     value = backend.get_result(messages[task_id])
                 except ResultMissing:

@@ -1,5 +1,8 @@
 """huey's client side of each scenario: ``python -m tests.bench.peers.huey_driver <op> ...``."""
 
+# mypy: ignore-errors
+# (Runs under .bench-venv's interpreter: Celery, Dramatiq and huey are not installed where mypy runs.)
+
 import sys
 import time
 from importlib import metadata
@@ -51,7 +54,7 @@ def openloop(args):
     while pending and time.monotonic() < deadline:
         times = conn.hmget(STORED_KEY, pending)
         still = []
-        for task_id, when in zip(pending, times):
+        for task_id, when in zip(pending, times, strict=True):
             value = huey.result(task_id, preserve=True) if when is not None else None
             if value is not None:
                 started[task_id] = float(value)
