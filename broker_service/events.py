@@ -11,6 +11,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from broker_service.loops import cancel_and_wait
 from broker_service.store.keys import GlobalKeys
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,7 @@ class EventHub:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         delay = 0.1

@@ -7,13 +7,27 @@ queue: two replicas sweeping the same queue at once cannot move a task twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from abc import ABC, abstractmethod
+from typing import Any
 
 from broker_service.domain import StoreUnavailableError
 
 log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], retry_every: float = 0.1) -> None:
+    """Cancels `task` and waits until it has ended, cancelling it again while it carries on.
+
+    On Python 3.11, asyncio.wait_for (which redis-py wraps around every command it sends)
+    swallows a cancellation that lands as its inner future completes: one cancel() can be lost
+    and a loop task then runs on, so a single cancel-and-await may never return.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_every)
+    if not task.cancelled():
+        task.exception()  # retrieved: an error of the last tick is not "never retrieved"
 
 
 class PeriodicLoop(ABC):
@@ -34,9 +48,7 @@ class PeriodicLoop(ABC):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         unavailable = False
