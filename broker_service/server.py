@@ -13,6 +13,9 @@ from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker_service.api import reflection
 from broker_service.api.tasks import TaskService
@@ -66,8 +69,11 @@ class Broker:
         if not url:
             self._embedded = EmbeddedRedis(s.data_dir)
             url = await self._embedded.start()
+        # After a Redis restart every idle pooled connection is dead and fails its next command
+        # once: retry such a failure at once on a fresh connection (from_url sets no retry).
         self._redis = Redis.from_url(url, decode_responses=False, socket_timeout=s.redis_timeout_seconds,
-                                     socket_connect_timeout=s.redis_timeout_seconds, health_check_interval=30)
+                                     socket_connect_timeout=s.redis_timeout_seconds, health_check_interval=30,
+                                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         store = Store(self._redis, namespace=s.namespace, dead_letter_ttl_ms=int(s.dead_letter_ttl_seconds * 1000),
                       dead_letter_max=s.dead_letter_max)
         try:
