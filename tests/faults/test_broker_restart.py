@@ -45,10 +45,14 @@ def test_a_broker_restarted_under_a_busy_worker_loses_no_task_and_runs_none_twic
         eventually(lambda: running_now(journal_path) == {h.id for h in running})
 
         broker.restart(hard=hard)
+        back = time.monotonic()
+        broker.wait_for_workers(1, timeout=10, watch=[worker])
+        reattached_after = time.monotonic() - back
         assert running_now(journal_path) == {h.id for h in running}, "the restart outlasted the running tasks"
         infos = [client.wait(h.id, timeout=30) for h in (*running, *queued)]
         handles = [*running, *queued]
 
+    assert reattached_after < 5
     assert [i.state for i in infos] == [TaskState.SUCCEEDED] * 6
     counts = executions(journal_path)
     assert {h.id: counts[h.id] for h in handles} == {h.id: 1 for h in handles}
