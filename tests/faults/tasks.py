@@ -57,4 +57,11 @@ def stubborn(path: str, seconds: float, first_only: bool = False) -> dict[str, A
     return {"pid": os.getpid(), "attempt": ctx.attempt}
 
 
-worker = Worker(tasks=[record, stubborn], queues=["default"])
+@task
+def poison(path: str) -> None:
+    """Kills the worker process running it, every time (a poison message)."""
+    journal(path, "start")
+    os._exit(1)
+
+
+worker = Worker(tasks=[record, stubborn, poison], queues=["default"])

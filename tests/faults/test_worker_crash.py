@@ -17,8 +17,8 @@ from client_sdk import Client, TaskState
 from tests.faults.conftest import FaultWorkerFactory
 from tests.faults.journal import events, executions
 from tests.faults.raw import RawWorker
-from tests.faults.tasks import record
-from tests.helpers import BrokerProcess, eventually
+from tests.faults.tasks import poison, record
+from tests.helpers import BrokerProcess, WorkerProcess, eventually
 
 LEASE_EXPIRED = {"reason": "lease_expired"}
 REDELIVERIES = "conveyor_redeliveries_total"
@@ -156,3 +156,41 @@ def test_a_task_running_three_times_its_lease_keeps_it_by_heartbeats_and_runs_on
     assert info.lease_duration is not None and info.lease_duration.total_seconds() == 2
     assert broker.metric(REDELIVERIES) == 0
     assert broker.metric(STALE_REJECTIONS) == 0
+
+
+def test_a_poison_task_that_kills_every_worker_ends_in_the_dead_letter_and_the_rest_of_the_queue_completes(
+    fault_broker: Callable[..., BrokerProcess], fault_worker: FaultWorkerFactory, queue_name: str,
+    journal_path: Path,
+) -> None:
+    broker = fault_broker()
+    workers: list[WorkerProcess] = [fault_worker(broker)]
+
+    def supervised(done: Callable[[], bool]) -> Callable[[], bool]:
+        """`done`, restarting the worker whenever it has died (what a process supervisor does)."""
+
+        def check() -> bool:
+            if not workers[-1].alive:
+                workers.append(fault_worker(broker, wait=False))
+            return done()
+
+        return check
+
+    with Client(broker.address) as client:
+        bad = client.enqueue(poison.with_options(queue=queue_name, max_attempts=2), str(journal_path))
+        good = client.enqueue_many(record.with_options(queue=queue_name).s(str(journal_path), 0.0, tag=str(i))
+                                   for i in range(5))
+        eventually(supervised(lambda: client.get(bad.id).terminal), timeout=20)
+        eventually(supervised(lambda: all(client.get(h.id).terminal for h in good)), timeout=20)
+        dead = client.get(bad.id)
+        rest = [client.get(h.id) for h in good]
+        dead_letter = [i.id for i in client.list(queue_name, TaskState.FAILED)]
+
+    assert dead.state is TaskState.FAILED
+    assert dead.attempt == 2
+    assert dead.reason == "lease_expired"
+    assert dead.error is not None and dead.error.type == "LeaseExpired"
+    assert dead_letter == [bad.id]
+    assert [i.state for i in rest] == [TaskState.SUCCEEDED] * 5
+    assert executions(journal_path)[bad.id] == 2
+    assert sorted(executions(journal_path)[h.id] for h in good) == [1] * 5
+    assert [w.returncode for w in workers[:2]] == [1, 1]
