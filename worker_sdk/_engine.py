@@ -8,11 +8,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from client_sdk import TaskDefinition
 from worker_sdk._jobs import Cancelled, Job, Result
-from worker_sdk._runner import ProgressSink, Report, Runner
+from worker_sdk._runner import Free, ProgressSink, Report, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +51,20 @@ class Engine:
     """
 
     def __init__(self, *, registry: Mapping[str, TaskDefinition[..., Any]], concurrency: int,
-                 runner_factory: Callable[[Report], Runner]) -> None:
+                 runner_factory: Callable[[Report, Free], Runner]) -> None:
         self.registry = registry
         self.concurrency = concurrency
-        self.runner: Runner = runner_factory(self.report)
+        self.runner: Runner = runner_factory(self.report, self._freed)
         self.jobs: dict[LeaseKey, Job] = {}
         self.unacked: dict[LeaseKey, Result] = {}
         self.sent: set[LeaseKey] = set()
+        self._unsent: list[LeaseKey] = []  # unacked outcomes not yet written on this stream, in order
         self.releases: list[PendingRelease] = []
         self.progress: dict[LeaseKey, tuple[float, str]] = {}
         self.granted = 0
         self.accepting = True
         self.changed = asyncio.Event()
         self.settled = asyncio.Event()  # set whenever a job is reported, released or acked
-        self._supervisors: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
     # -- what the broker sends ---------------------------------------------------------------
@@ -72,12 +73,14 @@ class Engine:
         """A new stream starts: the broker holds no credits, nothing was sent on it."""
         self.granted = 0
         self.sent.clear()
+        self._unsent = list(self.unacked)
         self.changed.set()
 
     def accept(self, jobs: Iterable[Job], *, refuse_reason: str | None) -> None:
         """Starts pushed jobs, or hands them straight back when `refuse_reason` is given."""
         refused: list[LeaseKey] = []
         reason = refuse_reason or (None if self.accepting else WORKER_SHUTDOWN)
+        start, known = self.runner.start, self.registry.keys()
         for job in jobs:
             self.granted = max(0, self.granted - 1)
             key = (job.task_id, job.lease_token)
@@ -91,9 +94,11 @@ class Engine:
             if len(self.jobs) >= self.concurrency:
                 logger.warning("broker pushed more tasks than credits granted task_id=%s", job.task_id)
             self.jobs[key] = job
-            supervisor = self._loop.create_task(self._supervise(job), name=f"supervise {job.task_id}")
-            self._supervisors.add(supervisor)
-            supervisor.add_done_callback(self._supervisors.discard)
+            try:
+                start(job, self.registry.get(job.name), known, self.progress_sink(job))
+            except Exception:
+                logger.exception("worker error while starting task task_id=%s", job.task_id)
+                self._freed(job)
         if refused:
             logger.info("handing back tasks that were not started reason=%s count=%d", reason, len(refused))
             self.releases.append(PendingRelease(tuple(refused), reason or WORKER_SHUTDOWN, False))
@@ -147,37 +152,32 @@ class Engine:
         key = (job.task_id, job.lease_token)
         self.progress.pop(key, None)
         self.unacked[key] = result
+        self._unsent.append(key)
         if isinstance(result, Cancelled):
             logger.info("task cancelled task_id=%s name=%s", job.task_id, job.name)
         self.changed.set()
         self.settled.set()
 
     def progress_sink(self, job: Job) -> ProgressSink:
-        key = (job.task_id, job.lease_token)
+        """A thread-safe callable that records `job`'s latest progress for the next flush."""
+        return partial(self._progress_threadsafe, job)
 
-        def record(fraction: float, message: str) -> None:
-            if job.running:
-                self.progress[key] = (fraction, message)
-                self.changed.set()
+    def _progress_threadsafe(self, job: Job, fraction: float, message: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
+            self._loop.call_soon_threadsafe(self._record_progress, job, fraction, message)
 
-        def sink(fraction: float, message: str) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
-                self._loop.call_soon_threadsafe(record, fraction, message)
-
-        return sink
-
-    async def _supervise(self, job: Job) -> None:
-        key = (job.task_id, job.lease_token)
-        started = time.monotonic()
-        try:
-            await self.runner.run(job, self.registry.get(job.name), self.registry.keys(), self.progress_sink(job))
-        except Exception:
-            logger.exception("worker error while running task task_id=%s", job.task_id)
-        finally:
-            self.jobs.pop(key, None)
+    def _record_progress(self, job: Job, fraction: float, message: str) -> None:
+        if job.running:
+            self.progress[(job.task_id, job.lease_token)] = (fraction, message)
             self.changed.set()
-            self.settled.set()
-            logger.debug("slot free task_id=%s seconds=%.3f", job.task_id, time.monotonic() - started)
+
+    def _freed(self, job: Job) -> None:
+        """The function of `job` has returned (or never started): its slot is free."""
+        key = (job.task_id, job.lease_token)
+        if self.jobs.get(key) is job:
+            del self.jobs[key]
+        self.changed.set()
+        self.settled.set()
 
     # -- what the streams write ---------------------------------------------------------------
 
@@ -202,8 +202,10 @@ class Engine:
         if self.releases and not hold_releases:
             batch.releases, self.releases = self.releases, []
             self.settled.set()
-        for key, result in self.unacked.items():
-            if key not in self.sent:
+        unsent, self._unsent = self._unsent, []
+        for key in unsent:
+            result = self.unacked.get(key)
+            if result is not None and key not in self.sent:
                 batch.outcomes.append((key, result))
                 self.sent.add(key)
         batch.progress = [(key, fraction, message) for key, (fraction, message) in self.progress.items()

@@ -35,7 +35,27 @@ class Cancelled:
 Result = Succeeded | Failed | Cancelled
 
 
-@dataclass(eq=False)
+class CancelFlag:
+    """A flag a task's code polls to learn it should stop; set from any thread, never cleared.
+
+    Lighter than a `threading.Event` (one per task): nothing waits on it, code only polls it.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Raises the flag."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """True once the flag is raised."""
+        return self._set
+
+
+@dataclass(eq=False, slots=True)
 class Job:
     """A task pushed to this worker, from arrival until its slot is free again.
 
@@ -55,7 +75,7 @@ class Job:
     max_attempts: int
     lease_duration: float | None
     timeout: float | None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_event: CancelFlag = field(default_factory=CancelFlag)
     # Set once the function starts or is prevented from starting; guarded by `_lock`.
     started: bool = False
     withheld: bool = False
@@ -66,6 +86,10 @@ class Job:
     lost: bool = False
     # The asyncio task of an `async def` function, so a cancel can interrupt it.
     aio_task: asyncio.Task[object] | None = None
+    # The execution timeout of a sync function, armed on the loop when it is queued.
+    timer: asyncio.TimerHandle | None = None
+    # The sync function ran past its execution timeout: that was its outcome.
+    timed_out: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

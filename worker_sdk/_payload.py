@@ -10,10 +10,15 @@ from typing import Any
 from worker_sdk.errors import PayloadError
 
 JSON_CONTENT_TYPE = "application/json"
+_OPEN_BRACE = ord("{")
+# One encoder for every result: json.dumps with options builds a new one per call.
+_RESULT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def is_json(content_type: str) -> bool:
     """True for JSON media types (an empty content type counts as the JSON default)."""
+    if content_type == JSON_CONTENT_TYPE:
+        return True
     media = content_type.split(";", 1)[0].strip().lower()
     return media in ("", JSON_CONTENT_TYPE) or media.endswith("+json")
 
@@ -30,10 +35,13 @@ def decode_arguments(payload: bytes, content_type: str) -> tuple[tuple[Any, ...]
     """
     if not is_json(content_type):
         return (payload,), {}
-    if not payload.strip():
-        return (), {}
     try:
-        document = json.loads(payload)
+        if payload[:1] and payload[0] == _OPEN_BRACE:  # the usual UTF-8 object: skip encoding detection
+            document = json.loads(payload.decode())
+        elif not payload.strip():
+            return (), {}
+        else:
+            document = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"payload is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -60,22 +68,56 @@ def encode_result(value: Any) -> bytes:
         TypeError: The value is not JSON-serialisable (the message says what was found).
     """
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return _RESULT_ENCODER.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"task result is not JSON-serialisable ({type(value).__name__}): {exc}") from None
 
 
+class ArgumentCheck:
+    """Checks call arguments against one function's signature, inspected once.
+
+    Positional arguments alone are checked by counting them when the signature allows it
+    (no keyword-only parameter without a default); anything else goes through
+    ``Signature.bind``.
+    """
+
+    __slots__ = ("_fewest", "_most", "_signature")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fewest = 0
+        self._most = -1  # no counting shortcut
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # builtins without a signature: let the call decide
+            self._signature = None
+            return
+        kinds = inspect.Parameter
+        parameters = self._signature.parameters.values()
+        if any(p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty for p in parameters):
+            return
+        positional = [p for p in parameters if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+        self._fewest = sum(1 for p in positional if p.default is kinds.empty)
+        variadic = any(p.kind is kinds.VAR_POSITIONAL for p in parameters)
+        self._most = 1 << 30 if variadic else len(positional)
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Checks that `args` and `kwargs` bind to the signature.
+
+        Raises:
+            PayloadError: They do not (a retry would fail the same way).
+        """
+        if self._signature is None or (not kwargs and self._fewest <= len(args) <= self._most):
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise PayloadError(f"arguments do not match the task's signature: {exc}") from None
+
+
 def check_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Checks that the arguments bind to `fn`'s signature before it runs.
+    """Checks that the arguments bind to `fn`'s signature before it runs (inspects it each time).
 
     Raises:
         PayloadError: They do not (a retry would fail the same way).
     """
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise PayloadError(f"arguments do not match the task's signature: {exc}") from None
+    ArgumentCheck(fn)(args, kwargs)

@@ -7,16 +7,17 @@ import builtins
 import contextvars
 import inspect
 import logging
-import threading
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from client_sdk import TaskDefinition
 from worker_sdk import context
 from worker_sdk._jobs import Cancelled, Failed, Job, Result, Succeeded
-from worker_sdk._payload import JSON_CONTENT_TYPE, check_arguments, decode_arguments, encode_result
+from worker_sdk._payload import JSON_CONTENT_TYPE, ArgumentCheck, decode_arguments, encode_result
+from worker_sdk._pool import TaskPool
 from worker_sdk.errors import NonRetryableError, Retry
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ MAX_MESSAGE_CHARS = 4096
 MAX_TRACEBACK_CHARS = 32_768
 
 Report = Callable[[Job, Result], None]
+Free = Callable[[Job], None]
 ProgressSink = Callable[[float, str], None]
 
 
@@ -87,121 +89,167 @@ def _ended(job: Job, outcome: Result) -> Result:
     return Cancelled() if job.cancel_event.is_set() else outcome
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What the runner works out once per task definition."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+    check: ArgumentCheck
+    dont_retry_on: tuple[type[BaseException], ...]
+
+
 class Runner:
-    """Calls task functions for the worker's engine.
+    """Calls task functions for the worker's engine; everything here runs on the loop but the calls.
+
+    Sync functions run on a `TaskPool` of `threads` threads; async ones as tasks on the loop.
+    Nothing is awaited per job: completions come back as callbacks.
 
     Args:
-        executor: Where sync functions run (one thread per slot).
         report: Called once per job with its outcome, as soon as it is known (on the loop).
+        free: Called once per started job when its slot is free again (on the loop): when the
+            function has returned, even if the attempt was reported earlier (a timeout).
+        threads: Most threads for sync functions (the worker's concurrency).
     """
 
-    def __init__(self, executor: Executor, report: Report) -> None:
-        self._executor = executor
+    def __init__(self, report: Report, free: Free, *, threads: int) -> None:
         self._report = report
-        self._busy_lock = threading.Lock()
-        self._busy = 0
+        self._free = free
+        self._loop = asyncio.get_running_loop()
+        self._pool: TaskPool[Job, Result | None] = TaskPool(threads, self._loop, self._sync_done)
+        self._prepared: dict[Callable[..., Any], _Prepared] = {}
 
     @property
     def busy_threads(self) -> int:
         """Threads still running a task function (some may belong to abandoned attempts)."""
-        with self._busy_lock:
-            return self._busy
+        return self._pool.busy
+
+    def shutdown(self) -> None:
+        """Lets idle threads end; a thread still running a function ends when it returns."""
+        self._pool.shutdown()
 
     def context_for(self, job: Job, progress: ProgressSink | None) -> context.TaskContext:
         return context.TaskContext(id=job.task_id, name=job.name, queue=job.queue, attempt=job.attempt,
                                    max_attempts=job.max_attempts, headers=job.headers,
                                    _cancel_event=job.cancel_event, _progress_sink=progress)
 
-    async def run(self, job: Job, definition: TaskDefinition[..., Any] | None, known: Iterable[str],
-                  progress: ProgressSink | None = None) -> None:
-        """Runs `job` and reports its outcome; returns once its slot is free.
+    def _prepare(self, definition: TaskDefinition[..., Any]) -> _Prepared:
+        prepared = self._prepared.get(definition.fn)
+        if prepared is None:
+            fn = definition.fn
+            prepared = _Prepared(fn, inspect.iscoroutinefunction(fn), ArgumentCheck(fn),
+                                 tuple(definition.options.dont_retry_on))
+            self._prepared[fn] = prepared
+        return prepared
+
+    def start(self, job: Job, definition: TaskDefinition[..., Any] | None, known: Iterable[str],
+              progress: ProgressSink | None = None) -> None:
+        """Starts `job`; its outcome goes to `report` and its slot to `free`, each once, later or now.
 
         Nothing raises out of here: every failure of the function becomes a Failed outcome.
         """
         if definition is None:
             if job.begin():
                 self._report(job, not_registered(job.name, known))
+            self._free(job)
             return
+        prepared = self._prepare(definition)
+        ctx = self.context_for(job, progress)
+        if prepared.is_async:
+            self._start_async(job, prepared, ctx)
+            return
+        # The copied context carries the caller's context variables into the thread.
+        self._pool.submit(job, partial(contextvars.copy_context().run, self._call_sync, job, prepared, ctx))
+        if job.timeout is not None:
+            job.timer = self._loop.call_later(job.timeout, self._sync_timed_out, job)
+
+    # -- sync functions: on the pool ---------------------------------------------------------------
+
+    def _call_sync(self, job: Job, prepared: _Prepared, ctx: context.TaskContext) -> Result | None:
+        """Runs on a pool thread; None when the job was withheld before it started."""
+        if not job.begin():
+            return None
         try:
             args, kwargs = decode_arguments(job.payload, job.content_type)
-            check_arguments(definition.fn, args, kwargs)
+            prepared.check(args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a bad payload fails the attempt, never the worker
+            return failure_from_exception(exc)
+        context.bind(ctx)
+        try:
+            value = prepared.fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
+            return _ended(job, failure_from_exception(exc, prepared.dont_retry_on))
+        return _ended(job, _success(value))
+
+    def _sync_timed_out(self, job: Job) -> None:
+        job.timer = None
+        # The thread cannot be stopped: report now, keep the slot until it returns.
+        job.timed_out = True
+        job.cancel_event.set()
+        self._report(job, _timeout_failure(job.timeout or 0.0))
+        logger.warning("task timed out; its thread keeps running task_id=%s name=%s timeout=%s",
+                       job.task_id, job.name, job.timeout)
+
+    def _sync_done(self, job: Job, outcome: Result | None) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        try:
+            if outcome is not None and not job.timed_out:
+                self._report(job, outcome)
+        finally:
+            self._free(job)
+
+    # -- async functions: on the loop --------------------------------------------------------------
+
+    def _start_async(self, job: Job, prepared: _Prepared, ctx: context.TaskContext) -> None:
+        try:
+            args, kwargs = decode_arguments(job.payload, job.content_type)
+            prepared.check(args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad payload fails the attempt, never the worker
             if job.begin():
                 self._report(job, failure_from_exception(exc))
+            self._free(job)
             return
-        ctx = self.context_for(job, progress)
-        dont_retry_on = tuple(definition.options.dont_retry_on)
-        if inspect.iscoroutinefunction(definition.fn):
-            await self._run_async(job, definition.fn, args, kwargs, ctx, dont_retry_on)
-        else:
-            await self._run_sync(job, definition.fn, args, kwargs, ctx, dont_retry_on)
-
-    async def _run_async(self, job: Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                         ctx: context.TaskContext, dont_retry_on: tuple[type[BaseException], ...]) -> None:
         if not job.begin():
+            self._free(job)
             return
-
-        async def call() -> Any:
-            context.bind(ctx)
-            if job.timeout is None:
-                return await fn(*args, **kwargs)
-            deadline = asyncio.timeout(job.timeout)
-            try:
-                async with deadline:
-                    return await fn(*args, **kwargs)
-            except TimeoutError:
-                if not deadline.expired():  # the function's own TimeoutError
-                    raise
-                job.cancel_event.set()
-                raise _TimedOut() from None
-
-        aio_task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(call(), name=f"task {job.task_id}")
+        aio_task: asyncio.Task[Any] = self._loop.create_task(_call_async(job, prepared.fn, args, kwargs, ctx),
+                                                             name=f"task {job.task_id}")
         job.aio_task = aio_task
-        # wait() never cancels what it waits for, so shutting the engine down cannot fake a cancel.
-        await asyncio.wait({aio_task})
-        if aio_task.cancelled():
-            self._report(job, Cancelled())
-            return
-        exc = aio_task.exception()
-        if isinstance(exc, _TimedOut):
-            self._report(job, _timeout_failure(job.timeout or 0.0))
-        elif exc is not None:
-            self._report(job, _ended(job, failure_from_exception(exc, dont_retry_on)))
-        else:
-            self._report(job, _ended(job, _success(aio_task.result())))
+        aio_task.add_done_callback(partial(self._async_done, job, prepared.dont_retry_on))
 
-    async def _run_sync(self, job: Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                        ctx: context.TaskContext, dont_retry_on: tuple[type[BaseException], ...]) -> None:
-        def call() -> Result | None:
-            if not job.begin():
-                return None
-            context.bind(ctx)
-            with self._busy_lock:
-                self._busy += 1
-            try:
-                value = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
-                return _ended(job, failure_from_exception(exc, dont_retry_on))
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
-            return _ended(job, _success(value))
+    def _async_done(self, job: Job, dont_retry_on: tuple[type[BaseException], ...],
+                    aio_task: asyncio.Task[Any]) -> None:
+        try:
+            if aio_task.cancelled():
+                self._report(job, Cancelled())
+                return
+            exc = aio_task.exception()
+            if isinstance(exc, _TimedOut):
+                self._report(job, _timeout_failure(job.timeout or 0.0))
+            elif exc is not None:
+                self._report(job, _ended(job, failure_from_exception(exc, dont_retry_on)))
+            else:
+                self._report(job, _ended(job, _success(aio_task.result())))
+        finally:
+            self._free(job)
 
-        loop = asyncio.get_running_loop()
-        # The copied context carries the caller's context variables into the thread.
-        future = loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
-        done, _ = await asyncio.wait({future}, timeout=job.timeout)
-        if not done:
-            # The thread cannot be stopped: report now, keep the slot until it returns.
-            job.cancel_event.set()
-            self._report(job, _timeout_failure(job.timeout or 0.0))
-            logger.warning("task timed out; its thread keeps running task_id=%s name=%s timeout=%s",
-                           job.task_id, job.name, job.timeout)
-            await asyncio.wait({future})
-            return
-        outcome = future.result()
-        if outcome is not None:
-            self._report(job, outcome)
+
+async def _call_async(job: Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                      ctx: context.TaskContext) -> Any:
+    context.bind(ctx)
+    if job.timeout is None:
+        return await fn(*args, **kwargs)
+    deadline = asyncio.timeout(job.timeout)
+    try:
+        async with deadline:
+            return await fn(*args, **kwargs)
+    except TimeoutError:
+        if not deadline.expired():  # the function's own TimeoutError
+            raise
+        job.cancel_event.set()
+        raise _TimedOut() from None
 
 
 class _TimedOut(Exception):

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import contextvars
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = ["TaskContext", "current_task"]
 
 MAX_PROGRESS_MESSAGE = 1024
 
 ProgressSink = Callable[[float, str], None]
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class _NeverSet:
+    def is_set(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class TaskContext:
     attempt: int
     max_attempts: int
     headers: Mapping[str, str]
-    _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _cancel_event: _Flag = field(default_factory=_NeverSet, repr=False, compare=False)
     _progress_sink: ProgressSink | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -13,14 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from client_sdk import TaskDefinition, task
 from worker_sdk._engine import WORKER_SHUTDOWN, Engine
-from worker_sdk._runner import Report, Runner
+from worker_sdk._runner import Free, Report, Runner
 from worker_sdk._session import Identity, Session, StreamBroken, backoff_delays
 from worker_sdk.errors import WorkerError
 
@@ -245,10 +244,8 @@ class Worker:
         identity = Identity(worker_id=self._worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
                             queues=self._queues, task_names=tuple(self._registry), concurrency=self._concurrency,
                             hostname=socket.gethostname(), pid=os.getpid())
-        executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="conveyor-task")
-
-        def make_runner(report: Report) -> Runner:
-            self._runner = Runner(executor, report)
+        def make_runner(report: Report, free: Free) -> Runner:
+            self._runner = Runner(report, free, threads=self._concurrency)
             return self._runner
 
         engine = Engine(registry=self._registry, concurrency=self._concurrency, runner_factory=make_runner)
@@ -266,7 +263,7 @@ class Worker:
         finally:
             stopping.cancel()
             connection.cancel()
-            executor.shutdown(wait=False, cancel_futures=True)
+            engine.runner.shutdown()
             self._loop = self._stop_event = None
             self._stop_requested = False
         logger.info("worker stopped worker_id=%s", identity.worker_id)

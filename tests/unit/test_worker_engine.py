@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.unit.test_worker_runner import make_job
@@ -40,14 +39,14 @@ def with_engine(body: Callable[[Engine], Awaitable[None]], concurrency: int = 3)
     gate.clear()
 
     async def main() -> None:
-        with ThreadPoolExecutor(concurrency) as executor:
-            engine = Engine(registry={d.name: d for d in (add, wait, report)}, concurrency=concurrency,
-                            runner_factory=lambda rep: Runner(executor, rep))
-            try:
-                await asyncio.wait_for(body(engine), 10)
-            finally:
-                gate.set()
-                await asyncio.sleep(0.05)
+        engine = Engine(registry={d.name: d for d in (add, wait, report)}, concurrency=concurrency,
+                        runner_factory=lambda rep, free: Runner(rep, free, threads=concurrency))
+        try:
+            await asyncio.wait_for(body(engine), 10)
+        finally:
+            gate.set()
+            await asyncio.sleep(0.05)
+            engine.runner.shutdown()
 
     asyncio.run(main())
 

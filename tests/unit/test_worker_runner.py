@@ -7,7 +7,6 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -35,14 +34,18 @@ def run(definition: TaskDefinition[..., Any] | None, job: Job,
 
     async def main() -> None:
         started = time.monotonic()
-        with ThreadPoolExecutor(2) as executor:
-            runner = Runner(executor, lambda _job, result: reports.append((time.monotonic() - started, result)))
+        freed = asyncio.get_running_loop().create_future()
+        runner = Runner(lambda _job, result: reports.append((time.monotonic() - started, result)),
+                        lambda _job: freed.set_result(None), threads=2)
+        try:
             sink = (lambda f, m: progress.append((f, m))) if progress is not None else None
-            running = asyncio.ensure_future(runner.run(job, definition, ["known.task"], sink))
+            runner.start(job, definition, ["known.task"], sink)
             if during is not None:
                 await asyncio.sleep(0.1)
                 during(job)
-            await asyncio.wait_for(running, 10)
+            await asyncio.wait_for(freed, 10)
+        finally:
+            runner.shutdown()
 
     asyncio.run(main())
     return reports
