@@ -139,6 +139,10 @@ def _header(meta: dict[str, Any]) -> str:
         if key in v:
             details = ", ".join(f"{k} {val}" for k, val in v[key].items() if k != "command")
             lines.append(f"- {LABELS[key]}: {details}")
+    for rerun in meta.get("reruns", []):
+        lines.append(f"- Re-measured on {rerun['date']}: scenario(s) {', '.join(rerun['scenarios'])} of "
+                     f"{', '.join(LABELS.get(k, k) for k in rerun['systems'])} (`{rerun['command']}`, commit "
+                     f"{(rerun.get('source') or {}).get('commit', '?')})")
     sizes = meta["sizes"]
     lines.append(f"- Each figure is the median of {sizes['runs']} run(s) (scenario 8 on the peers: "
                  f"{sizes['peer_sleep_runs']}); ratios are Conveyor's figure divided by the peer's, so above "

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also run scenario 8 on the peers (once each)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of latest.md, latest.json, drain.png")
     p.add_argument("--no-chart", action="store_true", help="skip drain.png")
+    p.add_argument("--merge", action="store_true",
+                   help="measure only what is asked and put it into the existing latest.json (replacing the "
+                        "same system's figures of those scenarios), then rewrite the report")
     return p
 
 
@@ -138,12 +141,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{BENCH_PYTHON} is missing: `make bench` creates .bench-venv with the peers")
     return execute(systems, scenarios, sizes, server_binary(args.server), args.out,
                    command=["python", "-m", "tests.bench", *(argv if argv is not None else sys.argv[1:])],
-                   chart=not args.no_chart, peer_sleep=args.peer_sleep, quick=args.quick)
+                   chart=not args.no_chart, peer_sleep=args.peer_sleep, quick=args.quick, merge=args.merge)
 
 
 def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: str, out_dir: Path, *,
             command: list[str], chart: bool = True, peer_sleep: bool = True, quick: bool = False,
-            echo: bool = True) -> dict[str, Any]:
+            echo: bool = True, merge: bool = False) -> dict[str, Any]:
     """Runs `scenarios` for `systems` on one fresh server; writes and returns the results."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
@@ -176,6 +179,8 @@ def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: s
         server.close()
         results["meta"]["seconds"] = round(time.time() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if merge and (out_dir / "latest.json").exists():
+        results = merged(json.loads((out_dir / "latest.json").read_text()), results)
     (out_dir / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     text = report.markdown(results)
     (out_dir / "latest.md").write_text(text)
@@ -185,6 +190,17 @@ def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: s
         _chart(out_dir, progress)
     progress(f"results in {out_dir}; process logs in {log_dir}")
     return results
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the figures `new` measured put in its place; `new`'s run is listed as a re-run."""
+    for scenario, by_system in new["scenarios"].items():
+        for system, variants in by_system.items():
+            old["scenarios"].setdefault(scenario, {}).setdefault(system, {}).update(variants)
+    meta = new["meta"]
+    old["meta"].setdefault("reruns", []).append(
+        {k: meta.get(k) for k in ("date", "command", "systems", "scenarios", "source", "seconds", "logs")})
+    return old
 
 
 Job = tuple[str, str, Callable[[], dict[str, Any]]]  # scenario, variant, measurement

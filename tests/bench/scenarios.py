@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.bench import common
 from tests.bench.procs import BenchError, Child, rss_bytes, run_driver, tree_cpu
-from tests.bench.systems import Session, System, WorkerConfig
+from tests.bench.systems import Session, System, WorkerConfig, shown
 from tests.redis_process import RedisProcess
 
 POLL_INTERVAL = 0.004
@@ -108,7 +108,7 @@ class Bench:
         argv = session.driver_argv(op, *options)
         answer = run_driver(argv, log_dir=self.log_dir, label=f"{session.tag}-driver-{op}", timeout=timeout,
                             env={**session.env(), **(env or {})})
-        answer["command"] = " ".join(argv)
+        answer["command"] = shown(argv)
         return answer
 
     def _enqueue(self, session: Session, n: int, mode: str, *extra: str, cap: float = 0.0) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class Bench:
         cpu = {name: cpu1.get(name, 0.0) - cpu0.get(name, 0.0) for name in cpu1}
         return {"tasks": expected, "seconds": seconds, "rate": expected / seconds,
                 "startup_seconds": t0 - spawned, "cpu": cpu,
-                "worker_commands": [" ".join(argv) for argv in config.argv]}
+                "worker_commands": [shown(argv) for argv in config.argv]}
 
     # --- scenarios ----------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class Bench:
                 answer = self._driver(session, "roundtrip", "--seconds", str(self.sizes.roundtrip_seconds),
                                       timeout=self.sizes.roundtrip_seconds + 120)
                 answer["config"] = config.label
-                answer["worker_commands"] = [" ".join(argv) for argv in config.argv]
+                answer["worker_commands"] = [shown(argv) for argv in config.argv]
                 return answer
 
         return self.runs(system, "4", once, label=config.label)
@@ -235,7 +235,7 @@ class Bench:
                                       str(self.sizes.openloop_seconds), "--timeout", "120",
                                       timeout=self.sizes.openloop_seconds * 3 + 240)
                 answer.update(config=config.label, target_rate=rate,
-                              worker_commands=[" ".join(argv) for argv in config.argv])
+                              worker_commands=[shown(argv) for argv in config.argv])
                 return answer
 
         return self.runs(system, "5", once, label=f"{config.label} at {rate:,.0f}/s")

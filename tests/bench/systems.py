@@ -6,8 +6,9 @@ driver run under .bench-venv's interpreter from the modules in tests/bench/peers
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,12 @@ BENCH_VENV = REPO_ROOT / ".bench-venv"
 BENCH_PYTHON = str(BENCH_VENV / "bin" / "python")
 CONVEYOR_QUEUE = "bench"
 CONVEYOR_NAMESPACE = "conveyor"
+
+
+def shown(argv: Sequence[str]) -> str:
+    """A command line as the report shows it: paths inside the repository made relative to it."""
+    root = str(REPO_ROOT) + os.sep
+    return " ".join(a.replace(root, "") for a in argv)
 
 
 @dataclass(frozen=True)

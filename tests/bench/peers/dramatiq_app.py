@@ -18,19 +18,23 @@ BROKER_DB, RESULT_DB = 3, 4
 QUEUE = "default"
 
 
+# Room for one connection per worker thread (scenario 8 runs 200 threads; redis-py's pool holds 100).
+POOL = "?max_connections=1000"
+
+
 class RecordStored(Middleware):
     """After the Results middleware stored a result: when that was (open-loop scenario only)."""
 
     def __init__(self):
-        self.client = redis.Redis.from_url(f"{redis_base()}/{RESULT_DB}")
+        self.client = redis.Redis.from_url(f"{redis_base()}/{RESULT_DB}{POOL}")
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if exception is None:
             self.client.hset(STORED_KEY, message.message_id, repr(time.time()))
 
 
-broker = RedisBroker(url=f"{redis_base()}/{BROKER_DB}")
-backend = RedisBackend(url=f"{redis_base()}/{RESULT_DB}")
+broker = RedisBroker(url=f"{redis_base()}/{BROKER_DB}{POOL}")
+backend = RedisBackend(url=f"{redis_base()}/{RESULT_DB}{POOL}")
 broker.add_middleware(Results(backend=backend))
 if record_stored():
     broker.add_middleware(RecordStored())
