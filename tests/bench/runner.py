@@ -146,11 +146,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def execute(systems: list[System], scenarios: list[str], sizes: Sizes, binary: str, out_dir: Path, *,
             command: list[str], chart: bool = True, peer_sleep: bool = True, quick: bool = False,
-            echo: bool = True, merge: bool = False) -> dict[str, Any]:
+            echo: bool = True, merge: bool = False, log_dir: Path | None = None) -> dict[str, Any]:
     """Runs `scenarios` for `systems` on one fresh server; writes and returns the results."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
-    log_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    if log_dir is None:
+        log_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
     def progress(text: str) -> None:

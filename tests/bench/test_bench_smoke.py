@@ -28,7 +28,7 @@ def test_conveyor_scenarios_produce_numbers_and_tables(tmp_path: Path) -> None:
     conveyor.drain_configs = [conveyor.config("c=8")]
     conveyor.default_config = "c=8"
     results = execute([conveyor], ["1", "2", "3", "4"], Sizes.smoke(), find_server_binary(), tmp_path,
-                      command=["pytest", __file__], chart=False, echo=False)
+                      command=["pytest", __file__], chart=False, echo=False, log_dir=tmp_path / "logs")
 
     scen = results["scenarios"]
     assert _positive(scen["1"]["conveyor"]["sync"]["median"]["rate"]), scen["1"]
