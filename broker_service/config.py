@@ -35,6 +35,7 @@ class Settings:
     wait_poll_seconds: float = 60.0  # safety net for WaitTask streams
     shutdown_grace_seconds: float = 10.0
     redis_timeout_seconds: float = 5.0
+    redis_max_connections: int = 256
     log_level: str = "INFO"
 
     @property
@@ -64,6 +65,7 @@ _HELP = {
     "wait_poll_seconds": "safety-net poll of WaitTask streams",
     "shutdown_grace_seconds": "SIGTERM: how long workers get to drain and RPCs to finish",
     "redis_timeout_seconds": "socket timeout of Redis calls",
+    "redis_max_connections": "Redis connections per broker; calls beyond wait for one (up to the Redis timeout)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

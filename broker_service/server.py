@@ -12,7 +12,7 @@ import grpc
 from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -71,9 +71,14 @@ class Broker:
             url = await self._embedded.start()
         # After a Redis restart every idle pooled connection is dead and fails its next command
         # once: retry such a failure at once on a fresh connection (from_url sets no retry).
-        self._redis = Redis.from_url(url, decode_responses=False, socket_timeout=s.redis_timeout_seconds,
-                                     socket_connect_timeout=s.redis_timeout_seconds, health_check_interval=30,
-                                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        # A bounded pool that makes a call wait for a free connection (up to the Redis timeout)
+        # instead of failing with "too many connections" under a burst of concurrent RPCs.
+        pool = BlockingConnectionPool.from_url(
+            url, decode_responses=False, socket_timeout=s.redis_timeout_seconds,
+            socket_connect_timeout=s.redis_timeout_seconds, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            max_connections=s.redis_max_connections, timeout=s.redis_timeout_seconds)
+        self._redis = Redis.from_pool(pool)
         store = Store(self._redis, namespace=s.namespace, dead_letter_ttl_ms=int(s.dead_letter_ttl_seconds * 1000),
                       dead_letter_max=s.dead_letter_max)
         try:
