@@ -13,11 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
-from conveyor.v1 import task_pb2, worker_service_pb2_grpc
 from conveyor.v1 import worker_service_pb2 as wpb
+from conveyor.v1 import worker_service_pb2_grpc
 
 from worker_sdk._engine import BROKER_DRAINED, Batch, Engine, LeaseKey
 from worker_sdk._jobs import Cancelled, Failed, Job, Result, Succeeded
@@ -34,6 +34,7 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 MAX_BATCH_BYTES = 1 << 20
 MAX_BATCH_ITEMS = 500
+FLUSH_LINGER = 0.001  # seconds a flush waits for the rest of a burst while tasks still run
 # Codes that a retry cannot fix: the worker stops instead of knocking forever.
 FATAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
                          grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -64,59 +65,97 @@ def _seconds(duration: Any) -> float:
 def job_from_assignment(a: wpb.Assignment) -> Job:
     """An Assignment as the SDK's Job."""
     return Job(task_id=a.task_id, lease_token=a.lease_token, name=a.name, queue=a.queue,
-               payload=a.payload, content_type=a.content_type, headers=dict(a.headers),
+               payload=a.payload, content_type=a.content_type, headers=dict(a.headers) if a.headers else {},
                attempt=a.attempt, max_attempts=a.max_attempts,
                lease_duration=_seconds(a.lease_duration) if a.HasField("lease_duration") else None,
                timeout=_seconds(a.execution_timeout) if a.HasField("execution_timeout") else None)
 
 
-def outcome_message(key: LeaseKey, result: Result) -> wpb.Outcome:
-    """A Result as the Outcome of the attempt holding `key`."""
-    outcome = wpb.Outcome(task_id=key[0], lease_token=key[1])
+def _fill_outcome(outcome: wpb.Outcome, result: Result) -> None:
     if isinstance(result, Succeeded):
-        outcome.success.payload = result.payload
-        outcome.success.content_type = result.content_type
+        success = outcome.success
+        success.payload = result.payload
+        success.content_type = result.content_type
     elif isinstance(result, Failed):
-        outcome.failure.error.CopyFrom(task_pb2.TaskError(type=result.type, message=result.message,
-                                                          traceback=result.traceback,
-                                                          retryable=result.retryable))
+        error = outcome.failure.error
+        error.type = result.type
+        error.message = result.message
+        error.traceback = result.traceback
+        error.retryable = result.retryable
         if result.retry_after is not None:
             outcome.failure.retry_after.FromTimedelta(datetime.timedelta(seconds=result.retry_after))
     elif isinstance(result, Cancelled):
         outcome.cancelled.SetInParent()
+
+
+def outcome_message(key: LeaseKey, result: Result) -> wpb.Outcome:
+    """A Result as the Outcome of the attempt holding `key`."""
+    outcome = wpb.Outcome(task_id=key[0], lease_token=key[1])
+    _fill_outcome(outcome, result)
     return outcome
 
 
-def _chunks(outcomes: list[wpb.Outcome]) -> Iterator[list[wpb.Outcome]]:
-    chunk: list[wpb.Outcome] = []
+def outcomes_message(outcomes: list[tuple[LeaseKey, Result]]) -> wpb.WorkerMessage:
+    """Results as one Outcomes message, built in place (no per-outcome copies)."""
+    message = wpb.WorkerMessage()
+    add = message.outcomes.outcomes.add
+    for (task_id, token), result in outcomes:
+        _fill_outcome(add(task_id=task_id, lease_token=token), result)
+    return message
+
+
+def _encoded_size(result: Result) -> int:
+    """An upper bound of the bytes `result` takes in an Outcome, without building it."""
+    if isinstance(result, Succeeded):
+        return len(result.payload) + len(result.content_type)
+    if isinstance(result, Failed):
+        return sum(len(text.encode()) for text in (result.type, result.message, result.traceback))
+    return 0
+
+
+def _chunks(outcomes: list[tuple[LeaseKey, Result]]) -> Iterator[list[tuple[LeaseKey, Result]]]:
+    chunk: list[tuple[LeaseKey, Result]] = []
     size = 0
-    for outcome in outcomes:
-        n = outcome.ByteSize()
+    for item in outcomes:
+        n = len(item[0][0]) + _encoded_size(item[1]) + 48  # ids, tokens, tags and lengths
         if chunk and (size + n > MAX_BATCH_BYTES or len(chunk) >= MAX_BATCH_ITEMS):
             yield chunk
             chunk, size = [], 0
-        chunk.append(outcome)
+        chunk.append(item)
         size += n
     if chunk:
         yield chunk
 
 
-def batch_messages(batch: Batch, heartbeat: list[LeaseKey] | None) -> list[wpb.WorkerMessage]:
-    """One flush as messages: releases, outcomes, progress, heartbeat, then credits."""
-    messages = [wpb.WorkerMessage(release=wpb.Release(
+class Outgoing(NamedTuple):
+    """One message to write and, for those the broker answers, the leases it names, in order."""
+
+    message: wpb.WorkerMessage
+    outcomes: list[LeaseKey] | None = None
+    heartbeat: list[LeaseKey] | None = None
+
+
+def batch_messages(batch: Batch, heartbeat: list[LeaseKey] | None) -> list[Outgoing]:
+    """One flush as messages: releases, credits, outcomes, progress, then the heartbeat.
+
+    Releases go before credits so the broker never pushes a released task back on a credit
+    granted with it; credits go before outcomes so the broker can lease the next tasks while
+    it stores the outcomes.
+    """
+    messages = [Outgoing(wpb.WorkerMessage(release=wpb.Release(
         leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in release.leases],
-        reason=release.reason, started=release.started)) for release in batch.releases]
-    outcomes = [outcome_message(key, result) for key, result in batch.outcomes]
-    messages += [wpb.WorkerMessage(outcomes=wpb.Outcomes(outcomes=chunk)) for chunk in _chunks(outcomes)]
-    if batch.progress:
-        messages.append(wpb.WorkerMessage(progress=wpb.Progress(updates=[
-            wpb.ProgressUpdate(task_id=t, lease_token=k, progress=fraction, message=message)
-            for (t, k), fraction, message in batch.progress])))
-    if heartbeat is not None:
-        messages.append(wpb.WorkerMessage(heartbeat=wpb.Heartbeat(
-            leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in heartbeat])))
+        reason=release.reason, started=release.started))) for release in batch.releases]
     if batch.credits:
-        messages.append(wpb.WorkerMessage(credit=wpb.Credit(credits=batch.credits)))
+        messages.append(Outgoing(wpb.WorkerMessage(credit=wpb.Credit(credits=batch.credits))))
+    messages += [Outgoing(outcomes_message(chunk), outcomes=[key for key, _ in chunk])
+                 for chunk in _chunks(batch.outcomes)]
+    if batch.progress:
+        messages.append(Outgoing(wpb.WorkerMessage(progress=wpb.Progress(updates=[
+            wpb.ProgressUpdate(task_id=t, lease_token=k, progress=fraction, message=message)
+            for (t, k), fraction, message in batch.progress]))))
+    if heartbeat is not None:
+        messages.append(Outgoing(wpb.WorkerMessage(heartbeat=wpb.Heartbeat(
+            leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in heartbeat])), heartbeat=heartbeat))
     return messages
 
 
@@ -251,8 +290,9 @@ class Session:
         if len(acks) != len(keys):
             logger.warning("outcome acks do not match the outcomes sent sent=%d answered=%d", len(keys), len(acks))
             return
+        acked, accepted = self._engine.acked, wpb.OUTCOME_STATUS_ACCEPTED
         for ack, key in zip(acks, keys, strict=True):
-            self._engine.acked(key, ack.status == wpb.OutcomeStatus.OUTCOME_STATUS_ACCEPTED)
+            acked(key, ack.status == accepted)
 
     def _on_drain(self, message: Any) -> None:
         grace = _seconds(message.drain.grace) if message.drain.HasField("grace") else DRAIN_FLUSH_MAX
@@ -265,19 +305,22 @@ class Session:
         engine = self._engine
         while True:
             await engine.changed.wait()
+            if engine.jobs and not self._heartbeat_due and not self._finish_writing:
+                # More outcomes are on their way: one message for the burst costs both sides far
+                # less than one per completion (the last task of a burst is never held back).
+                await asyncio.sleep(FLUSH_LINGER)
             engine.changed.clear()
             batch = engine.take(grant=self._grant, hold_releases=self._holds_releases())
             self._granted_any = self._granted_any or batch.credits > 0
             heartbeat = engine.running_leases() if self._heartbeat_due else None
             self._heartbeat_due = False
             try:
-                for message in batch_messages(batch, heartbeat):
-                    kind = message.WhichOneof("kind")
+                for message, outcomes, beat in batch_messages(batch, heartbeat):
                     # Answers name no lease token: remember what each one answers, in order.
-                    if kind == "outcomes":
-                        self._outcome_batches.append([(o.task_id, o.lease_token) for o in message.outcomes.outcomes])
-                    elif kind == "heartbeat":
-                        self._beats.append([(r.task_id, r.lease_token) for r in message.heartbeat.leases])
+                    if outcomes is not None:
+                        self._outcome_batches.append(outcomes)
+                    elif beat is not None:
+                        self._beats.append(beat)
                     await call.write(message)
             except BaseException:
                 engine.restore(batch)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime
 import itertools
 
+import pytest
 from conveyor.v1 import worker_service_pb2 as wpb
 
 from worker_sdk._engine import Batch, PendingRelease
-from worker_sdk._jobs import Cancelled, Failed, Succeeded
+from worker_sdk._jobs import Cancelled, Failed, Result, Succeeded
 from worker_sdk._session import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -52,33 +53,49 @@ def test_results_become_outcomes() -> None:
     assert outcome_message(("t@q", 5), Cancelled()).WhichOneof("result") == "cancelled"
 
 
-def test_a_batch_is_written_as_releases_outcomes_progress_heartbeat_then_credits() -> None:
+def test_a_batch_is_written_as_releases_credits_outcomes_progress_then_heartbeat() -> None:
     batch = Batch(releases=[PendingRelease((("a@q", 1),), "worker_shutdown", True)],
                   outcomes=[(("b@q", 2), Succeeded(b"1", "application/json")), (("c@q", 3), Cancelled())],
                   progress=[(("d@q", 4), 0.5, "half")], credits=4)
-    messages = batch_messages(batch, heartbeat=[("d@q", 4)])
-    assert [m.WhichOneof("kind") for m in messages] == ["release", "outcomes", "progress", "heartbeat", "credit"]
-    release, outcomes, progress, heartbeat, credit = messages
+    outgoing = batch_messages(batch, heartbeat=[("d@q", 4)])
+    messages = [m.message for m in outgoing]
+    assert [m.WhichOneof("kind") for m in messages] == ["release", "credit", "outcomes", "progress", "heartbeat"]
+    release, credit, outcomes, progress, heartbeat = messages
     assert (release.release.reason, release.release.started) == ("worker_shutdown", True)
+    assert credit.credit.credits == 4
     assert [o.task_id for o in outcomes.outcomes.outcomes] == ["b@q", "c@q"]
+    assert [o.WhichOneof("result") for o in outcomes.outcomes.outcomes] == ["success", "cancelled"]
     assert progress.progress.updates[0].progress == 0.5
     assert heartbeat.heartbeat.leases[0].lease_token == 4
-    assert credit.credit.credits == 4
+    # What each answered message speaks of, in order: the broker's answers name no token.
+    assert [(m.outcomes, m.heartbeat) for m in outgoing] == [
+        (None, None), (None, None), ([("b@q", 2), ("c@q", 3)], None), (None, None), (None, [("d@q", 4)])]
+
+
+def test_an_outcomes_message_matches_the_outcomes_built_one_by_one() -> None:
+    results: list[Result] = [Succeeded(b"1", "application/json"),
+                             Failed("ValueError", "m", "tb", retryable=False, retry_after=2.5),
+                             Failed("E", "m"), Cancelled()]
+    keys = [(f"{i}@q", i + 1) for i in range(len(results))]
+    [outgoing] = batch_messages(Batch(outcomes=list(zip(keys, results, strict=True))), heartbeat=None)
+    expected = [outcome_message(k, r) for k, r in zip(keys, results, strict=True)]
+    assert list(outgoing.message.outcomes.outcomes) == expected
 
 
 def test_an_empty_batch_writes_nothing_but_an_empty_heartbeat_is_still_sent() -> None:
     assert batch_messages(Batch(), heartbeat=None) == []
-    [message] = batch_messages(Batch(), heartbeat=[])
-    assert message.WhichOneof("kind") == "heartbeat" and len(message.heartbeat.leases) == 0
+    [outgoing] = batch_messages(Batch(), heartbeat=[])
+    assert outgoing.message.WhichOneof("kind") == "heartbeat" and len(outgoing.message.heartbeat.leases) == 0
 
 
-def test_large_outcome_batches_are_split() -> None:
-    big = Succeeded(b"x" * (MAX_BATCH_BYTES // 4), "application/json")  # three fit in one message
-    batch = Batch(outcomes=[((f"{i}@q", i), big) for i in range(7)])
-    messages = batch_messages(batch, heartbeat=None)
+@pytest.mark.parametrize("result", [Succeeded(b"x" * (MAX_BATCH_BYTES // 4), "application/json"),
+                                    Failed("E", "é" * (MAX_BATCH_BYTES // 8), "t" * 1000)])
+def test_large_outcome_batches_are_split(result: Succeeded | Failed) -> None:
+    batch = Batch(outcomes=[((f"{i}@q", i), result) for i in range(7)])  # three fit in one message
+    messages = [m.message for m in batch_messages(batch, heartbeat=None)]
     assert len(messages) == 3
     assert sum(len(m.outcomes.outcomes) for m in messages) == 7
-    assert all(m.ByteSize() <= MAX_BATCH_BYTES + 1024 for m in messages)
+    assert all(m.ByteSize() <= MAX_BATCH_BYTES for m in messages)
 
 
 def test_reconnect_delays_grow_with_jitter_up_to_the_cap() -> None:
