@@ -95,7 +95,7 @@ class Engine:
                 logger.warning("broker pushed more tasks than credits granted task_id=%s", job.task_id)
             self.jobs[key] = job
             try:
-                start(job, self.registry.get(job.name), known, self.progress_sink(job))
+                start(job, self.registry.get(job.name), known, self._progress_threadsafe)
             except Exception:
                 logger.exception("worker error while starting task task_id=%s", job.task_id)
                 self._freed(job)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+
+from worker_sdk.context import TaskContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,7 @@ class Cancelled:
 
 
 Result = Succeeded | Failed | Cancelled
+ProgressReporter = Callable[["Job", float, str], None]
 
 
 class CancelFlag:
@@ -90,6 +94,9 @@ class Job:
     timer: asyncio.TimerHandle | None = None
     # The sync function ran past its execution timeout: that was its outcome.
     timed_out: bool = False
+    # Where `report_progress` goes (any thread), and the context built on first request.
+    progress: ProgressReporter | None = None
+    _context: TaskContext | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -112,6 +119,18 @@ class Job:
                 return False
             self.withheld = True
             return True
+
+    def task_context(self) -> TaskContext:
+        """What `current_task()` returns while this job runs; built once, when first asked for."""
+        context = self._context
+        if context is None:
+            progress = self.progress
+            context = TaskContext(id=self.task_id, name=self.name, queue=self.queue, attempt=self.attempt,
+                                  max_attempts=self.max_attempts, headers=self.headers,
+                                  _cancel_event=self.cancel_event,
+                                  _progress_sink=partial(progress, self) if progress is not None else None)
+            self._context = context
+        return context
 
     def request_cancel(self) -> None:
         """Asks the function to stop: sets the flag sync code polls, cancels async code."""

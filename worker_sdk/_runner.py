@@ -15,7 +15,7 @@ from typing import Any
 
 from client_sdk import TaskDefinition
 from worker_sdk import context
-from worker_sdk._jobs import Cancelled, Failed, Job, Result, Succeeded
+from worker_sdk._jobs import Cancelled, Failed, Job, ProgressReporter, Result, Succeeded
 from worker_sdk._payload import JSON_CONTENT_TYPE, ArgumentCheck, decode_arguments, encode_result
 from worker_sdk._pool import TaskPool
 from worker_sdk.errors import NonRetryableError, Retry
@@ -72,8 +72,11 @@ def _timeout_failure(timeout: float) -> Failed:
     return Failed("TimeoutError", f"task exceeded its execution timeout of {timeout:g}s", retryable=True)
 
 
+_PLAIN_VALUES = frozenset({int, float, str, bool, type(None), list, dict})
+
+
 def _success(value: Any) -> Result:
-    if inspect.isawaitable(value):
+    if type(value) not in _PLAIN_VALUES and inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()
         return Failed("TypeError", "task function returned an awaitable: declare it with `async def`",
@@ -128,11 +131,6 @@ class Runner:
         """Lets idle threads end; a thread still running a function ends when it returns."""
         self._pool.shutdown()
 
-    def context_for(self, job: Job, progress: ProgressSink | None) -> context.TaskContext:
-        return context.TaskContext(id=job.task_id, name=job.name, queue=job.queue, attempt=job.attempt,
-                                   max_attempts=job.max_attempts, headers=job.headers,
-                                   _cancel_event=job.cancel_event, _progress_sink=progress)
-
     def _prepare(self, definition: TaskDefinition[..., Any]) -> _Prepared:
         prepared = self._prepared.get(definition.fn)
         if prepared is None:
@@ -143,7 +141,7 @@ class Runner:
         return prepared
 
     def start(self, job: Job, definition: TaskDefinition[..., Any] | None, known: Iterable[str],
-              progress: ProgressSink | None = None) -> None:
+              progress: ProgressReporter | None = None) -> None:
         """Starts `job`; its outcome goes to `report` and its slot to `free`, each once, later or now.
 
         Nothing raises out of here: every failure of the function becomes a Failed outcome.
@@ -154,18 +152,18 @@ class Runner:
             self._free(job)
             return
         prepared = self._prepare(definition)
-        ctx = self.context_for(job, progress)
+        job.progress = progress
         if prepared.is_async:
-            self._start_async(job, prepared, ctx)
+            self._start_async(job, prepared)
             return
         # The copied context carries the caller's context variables into the thread.
-        self._pool.submit(job, partial(contextvars.copy_context().run, self._call_sync, job, prepared, ctx))
+        self._pool.submit(job, partial(contextvars.copy_context().run, self._call_sync, job, prepared))
         if job.timeout is not None:
             job.timer = self._loop.call_later(job.timeout, self._sync_timed_out, job)
 
     # -- sync functions: on the pool ---------------------------------------------------------------
 
-    def _call_sync(self, job: Job, prepared: _Prepared, ctx: context.TaskContext) -> Result | None:
+    def _call_sync(self, job: Job, prepared: _Prepared) -> Result | None:
         """Runs on a pool thread; None when the job was withheld before it started."""
         if not job.begin():
             return None
@@ -174,7 +172,7 @@ class Runner:
             prepared.check(args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad payload fails the attempt, never the worker
             return failure_from_exception(exc)
-        context.bind(ctx)
+        context.bind(job)
         try:
             value = prepared.fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
@@ -202,7 +200,7 @@ class Runner:
 
     # -- async functions: on the loop --------------------------------------------------------------
 
-    def _start_async(self, job: Job, prepared: _Prepared, ctx: context.TaskContext) -> None:
+    def _start_async(self, job: Job, prepared: _Prepared) -> None:
         try:
             args, kwargs = decode_arguments(job.payload, job.content_type)
             prepared.check(args, kwargs)
@@ -214,7 +212,7 @@ class Runner:
         if not job.begin():
             self._free(job)
             return
-        aio_task: asyncio.Task[Any] = self._loop.create_task(_call_async(job, prepared.fn, args, kwargs, ctx),
+        aio_task: asyncio.Task[Any] = self._loop.create_task(_call_async(job, prepared.fn, args, kwargs),
                                                              name=f"task {job.task_id}")
         job.aio_task = aio_task
         aio_task.add_done_callback(partial(self._async_done, job, prepared.dont_retry_on))
@@ -236,9 +234,8 @@ class Runner:
             self._free(job)
 
 
-async def _call_async(job: Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                      ctx: context.TaskContext) -> Any:
-    context.bind(ctx)
+async def _call_async(job: Job, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    context.bind(job)
     if job.timeout is None:
         return await fn(*args, **kwargs)
     deadline = asyncio.timeout(job.timeout)

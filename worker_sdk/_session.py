@@ -64,8 +64,9 @@ def _seconds(duration: Any) -> float:
 
 def job_from_assignment(a: wpb.Assignment) -> Job:
     """An Assignment as the SDK's Job."""
+    headers = a.headers
     return Job(task_id=a.task_id, lease_token=a.lease_token, name=a.name, queue=a.queue,
-               payload=a.payload, content_type=a.content_type, headers=dict(a.headers) if a.headers else {},
+               payload=a.payload, content_type=a.content_type, headers=dict(headers) if headers else {},
                attempt=a.attempt, max_attempts=a.max_attempts,
                lease_duration=_seconds(a.lease_duration) if a.HasField("lease_duration") else None,
                timeout=_seconds(a.execution_timeout) if a.HasField("execution_timeout") else None)

@@ -70,7 +70,14 @@ class TaskContext:
             self._progress_sink(min(1.0, max(0.0, float(fraction))), message[:MAX_PROGRESS_MESSAGE])
 
 
-_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("conveyor_current_task")
+class ContextSource(Protocol):
+    """Something that builds a task's context only when the task asks for it."""
+
+    def task_context(self) -> TaskContext:
+        """The context of the task (the same object every time)."""
+
+
+_current: contextvars.ContextVar[TaskContext | ContextSource] = contextvars.ContextVar("conveyor_current_task")
 
 
 def current_task() -> TaskContext:
@@ -83,16 +90,20 @@ def current_task() -> TaskContext:
         RuntimeError: Called outside a task run by a worker.
     """
     try:
-        return _current.get()
+        current = _current.get()
     except LookupError:
         raise RuntimeError("current_task() called outside a task run by a Conveyor worker") from None
+    return current if isinstance(current, TaskContext) else current.task_context()
 
 
-def bind(context: TaskContext) -> contextvars.Token[TaskContext]:
-    """Makes `context` the current task of this context; returns the token to reset it."""
+def bind(context: TaskContext | ContextSource) -> contextvars.Token[TaskContext | ContextSource]:
+    """Makes `context` the current task of this context; returns the token to reset it.
+
+    A `ContextSource` defers building the TaskContext until the task calls `current_task()`.
+    """
     return _current.set(context)
 
 
-def unbind(token: contextvars.Token[TaskContext]) -> None:
+def unbind(token: contextvars.Token[TaskContext | ContextSource]) -> None:
     """Undoes :func:`bind`."""
     _current.reset(token)

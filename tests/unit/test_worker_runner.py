@@ -38,7 +38,7 @@ def run(definition: TaskDefinition[..., Any] | None, job: Job,
         runner = Runner(lambda _job, result: reports.append((time.monotonic() - started, result)),
                         lambda _job: freed.set_result(None), threads=2)
         try:
-            sink = (lambda f, m: progress.append((f, m))) if progress is not None else None
+            sink = (lambda _job, f, m: progress.append((f, m))) if progress is not None else None
             runner.start(job, definition, ["known.task"], sink)
             if during is not None:
                 await asyncio.sleep(0.1)
