@@ -181,6 +181,8 @@ class Runner:
 
     def _sync_timed_out(self, job: Job) -> None:
         job.timer = None
+        if job.withheld:  # handed back before it started: nothing ran, nothing to report
+            return
         # The thread cannot be stopped: report now, keep the slot until it returns.
         job.timed_out = True
         job.cancel_event.set()

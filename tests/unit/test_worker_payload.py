@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import pytest
 
 from worker_sdk._payload import (
+    ArgumentCheck,
     check_arguments,
     decode_arguments,
     encode_arguments,
@@ -64,3 +68,40 @@ def test_arguments_that_do_not_bind_are_payload_errors() -> None:
         check_arguments(add, (1,), {})
     with pytest.raises(PayloadError, match="unexpected keyword"):
         check_arguments(add, (1, 2), {"z": 3})
+
+
+def _positional(a, b=2, /, c=3):  # type: ignore[no-untyped-def]
+    return a
+
+
+def _variadic(a, *rest, flag=False, **extra):  # type: ignore[no-untyped-def]
+    return a
+
+
+def _keyword_only(a, *, required):  # type: ignore[no-untyped-def]
+    return a
+
+
+def _nothing():  # type: ignore[no-untyped-def]
+    return None
+
+
+@pytest.mark.parametrize("fn", [_positional, _variadic, _keyword_only, _nothing, len])
+@pytest.mark.parametrize(("args", "kwargs"), [((), {}), ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((1, 2, 3, 4), {}),
+                                              ((1,), {"c": 1}), ((1,), {"required": 1}), ((), {"a": 1}),
+                                              ((1,), {"zzz": 1})])
+def test_the_argument_check_agrees_with_the_signature(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    check = ArgumentCheck(fn)
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        binds = False
+    except ValueError:  # no signature: the call decides
+        binds = True
+    else:
+        binds = True
+    if binds:
+        check(args, kwargs)
+    else:
+        with pytest.raises(PayloadError, match="signature"):
+            check(args, kwargs)
