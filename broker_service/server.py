@@ -9,7 +9,16 @@ import time
 import uuid
 
 import grpc
-from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -18,9 +27,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker_service.api import reflection
+from broker_service.api.admin import AdminService
 from broker_service.api.tasks import TaskService
 from broker_service.api.validate import Limits
 from broker_service.api.workers import SessionSettings, WorkerService
+from broker_service.api.workflows import WorkflowService
 from broker_service.config import Settings
 from broker_service.dispatch import Dispatcher
 from broker_service.events import EventHub
@@ -38,6 +49,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -111,6 +124,10 @@ class Broker:
             TaskService(store, self._hub, self.metrics, limits, wait_poll_seconds=s.wait_poll_seconds), self._server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(store, self.metrics, self._dispatcher, session), self._server)
+        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
+            WorkflowService(store, self._hub, self.metrics, limits), self._server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(store, self.metrics, limits), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self._server)
         try:

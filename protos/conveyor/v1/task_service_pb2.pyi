@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("queue", "name", "payload", "content_type", "headers", "priority", "run_at", "delay", "retry_policy", "execution_timeout", "lease_duration", "schedule_to_start_timeout", "result_ttl")
+    __slots__ = ("queue", "name", "payload", "content_type", "headers", "priority", "run_at", "delay", "retry_policy", "execution_timeout", "lease_duration", "schedule_to_start_timeout", "result_ttl", "idempotency_key", "idempotency_ttl", "unique_key", "concurrency_key", "concurrency_limit")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,11 @@ class TaskSpec(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_TTL_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     queue: str
     name: str
     payload: bytes
@@ -46,7 +51,12 @@ class TaskSpec(_message.Message):
     lease_duration: _duration_pb2.Duration
     schedule_to_start_timeout: _duration_pb2.Duration
     result_ttl: _duration_pb2.Duration
-    def __init__(self, queue: _Optional[str] = ..., name: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[_task_pb2.RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    idempotency_ttl: _duration_pb2.Duration
+    unique_key: str
+    concurrency_key: str
+    concurrency_limit: int
+    def __init__(self, queue: _Optional[str] = ..., name: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[_task_pb2.RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., idempotency_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., unique_key: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class EnqueueTaskRequest(_message.Message):
     __slots__ = ("task",)
@@ -55,12 +65,14 @@ class EnqueueTaskRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ...) -> None: ...
 
 class EnqueueTaskResponse(_message.Message):
-    __slots__ = ("task_id", "state")
+    __slots__ = ("task_id", "state", "duplicate")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: _task_pb2.TaskState
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class BatchEnqueueTasksRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -69,10 +81,12 @@ class BatchEnqueueTasksRequest(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ...) -> None: ...
 
 class BatchEnqueueTasksResponse(_message.Message):
-    __slots__ = ("task_ids",)
+    __slots__ = ("task_ids", "duplicates")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    duplicates: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., duplicates: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)

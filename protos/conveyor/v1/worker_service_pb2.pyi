@@ -182,7 +182,7 @@ class Welcome(_message.Message):
     def __init__(self, broker_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., claims: _Optional[_Iterable[_Union[LeaseStatus, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task_id", "queue", "name", "payload", "content_type", "headers", "attempt", "max_attempts", "lease_token", "lease_duration", "execution_timeout")
+    __slots__ = ("task_id", "queue", "name", "payload", "content_type", "headers", "attempt", "max_attempts", "lease_token", "lease_duration", "execution_timeout", "parent_results", "result_passing")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +201,8 @@ class Assignment(_message.Message):
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_PASSING_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     queue: str
     name: str
@@ -212,7 +214,21 @@ class Assignment(_message.Message):
     lease_token: int
     lease_duration: _duration_pb2.Duration
     execution_timeout: _duration_pb2.Duration
-    def __init__(self, task_id: _Optional[str] = ..., queue: _Optional[str] = ..., name: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., lease_token: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    parent_results: _containers.RepeatedCompositeFieldContainer[ParentResult]
+    result_passing: _task_pb2.ResultPassing
+    def __init__(self, task_id: _Optional[str] = ..., queue: _Optional[str] = ..., name: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., lease_token: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., parent_results: _Optional[_Iterable[_Union[ParentResult, _Mapping]]] = ..., result_passing: _Optional[_Union[_task_pb2.ResultPassing, str]] = ...) -> None: ...
+
+class ParentResult(_message.Message):
+    __slots__ = ("task_id", "node", "payload", "content_type")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    node: str
+    payload: bytes
+    content_type: str
+    def __init__(self, task_id: _Optional[str] = ..., node: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("assignments",)
