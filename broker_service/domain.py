@@ -133,6 +133,19 @@ class NewTask:
     lease_ms: int = 30_000
     start_timeout_ms: int = 0
     result_ttl_ms: int = 86_400_000
+    # Locks and limits: empty key = none.
+    idempotency_key: str = ""
+    idempotency_ttl_ms: int = 86_400_000
+    unique_key: str = ""
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
+    # The schedule whose tick submitted it.
+    schedule_id: str = ""
+    # Workflow node: the task waits PENDING for `parent_ids` when it has any.
+    workflow_id: str = ""
+    workflow_node: str = ""
+    parent_ids: tuple[str, ...] = ()
+    result_passing: int = 0
 
     @property
     def task_id(self) -> str:
@@ -180,6 +193,14 @@ class TaskRecord:
     progress_message: str = ""
     worker_id: str = ""
     lease_token: int = 0
+    idempotency_key: str = ""
+    unique_key: str = ""
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
+    schedule_id: str = ""
+    workflow_id: str = ""
+    workflow_node: str = ""
+    parent_ids: tuple[str, ...] = ()
 
     @property
     def task_id(self) -> str:

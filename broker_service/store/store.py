@@ -53,6 +53,7 @@ class EnqueueResult:
 
     ulid: str
     state: TaskState  # QUEUED or SCHEDULED (an existing ulid: its current state, left untouched)
+    duplicate: bool = False  # an idempotency or unique key matched: `ulid` is the existing task's
 
 
 @dataclass(frozen=True, slots=True)
