@@ -54,6 +54,14 @@ def task(record: TaskRecord, *, with_data: bool = True) -> task_pb2.Task:
         progress_message=record.progress_message,
         worker_id=record.worker_id,
         result_ttl=duration(record.result_ttl_ms),
+        idempotency_key=record.idempotency_key,
+        unique_key=record.unique_key,
+        concurrency_key=record.concurrency_key,
+        concurrency_limit=record.concurrency_limit,
+        workflow_id=record.workflow_id,
+        workflow_node=record.workflow_node,
+        parent_ids=record.parent_ids,
+        schedule_id=record.schedule_id,
     )
     if with_data:
         msg.payload = record.payload

@@ -26,6 +26,8 @@ MAX_HEADER_VALUE = 4096
 MAX_CONTENT_TYPE = 128
 MAX_ATTEMPTS = 1000
 MAX_REASON = 1024
+MAX_KEY = 256
+MAX_CONCURRENCY_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,9 @@ def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewT
     elif which == "delay":
         delay_ms = _duration(spec, "delay", path, low_ms=0, high_ms=TEN_YEARS_MS) or 0
     day = 86_400_000
+    concurrency_key = _key(spec.concurrency_key, f"{path}.concurrency_key")
+    if spec.concurrency_limit > MAX_CONCURRENCY_LIMIT:
+        raise invalid_argument(f"{path}.concurrency_limit", f"must be between 0 and {MAX_CONCURRENCY_LIMIT}")
     return NewTask(
         ulid=new_ulid(),
         queue=queue,
@@ -163,4 +168,16 @@ def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewT
         lease_ms=_duration(spec, "lease_duration", path, low_ms=1000, high_ms=3_600_000) or limits.lease_ms,
         start_timeout_ms=_duration(spec, "schedule_to_start_timeout", path, low_ms=0, high_ms=365 * day) or 0,
         result_ttl_ms=_duration(spec, "result_ttl", path, low_ms=1000, high_ms=90 * day) or limits.result_ttl_ms,
+        idempotency_key=_key(spec.idempotency_key, f"{path}.idempotency_key"),
+        idempotency_ttl_ms=_duration(spec, "idempotency_ttl", path, low_ms=1000, high_ms=30 * day) or day,
+        unique_key=_key(spec.unique_key, f"{path}.unique_key"),
+        concurrency_key=concurrency_key,
+        concurrency_limit=(spec.concurrency_limit or 1) if concurrency_key else 0,
     )
+
+
+def _key(value: str, field: str) -> str:
+    """An idempotency, unique or concurrency key: empty (none) or 1 to 256 printable characters."""
+    if len(value) > MAX_KEY or not value.isprintable():
+        raise invalid_argument(field, f"at most {MAX_KEY} printable characters")
+    return value

@@ -46,6 +46,11 @@ class QueueKeys:
         """ZSET of waiting tasks with a schedule-to-start deadline: member ulid, score deadline ms."""
         return f"{self.tag}:start_by"
 
+    @property
+    def pending(self) -> str:
+        """ZSET of workflow nodes waiting for their parents: member ulid, score created ms."""
+        return f"{self.tag}:pending"
+
     def finished(self, state: TaskState) -> str:
         """ZSET per terminal state: member ulid, score the ms at which the record expires."""
         return f"{self.tag}:{state.label}"

@@ -21,6 +21,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "b_init", "b_max", "b_mult", "b_jit", "timeout", "lease", "ttl",
     "created", "due", "started", "finished", "start_by", "token", "worker", "exec_dl",
     "result", "rtype", "e_type", "e_msg", "e_tb", "e_retry", "reason", "cancel", "prog", "prog_msg",
+    "idem", "uniq", "ckey", "climit", "sched", "wf", "node", "parents", "rpass", "delay", "start_tmo",
 )
 LIST_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("payload", "result"))
 
@@ -103,6 +104,14 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         progress_message=text(get("prog_msg")),
         worker_id=text(get("worker")),
         lease_token=integer(get("token")),
+        idempotency_key=text(get("idem")),
+        unique_key=text(get("uniq")),
+        concurrency_key=text(get("ckey")),
+        concurrency_limit=integer(get("climit")),
+        schedule_id=text(get("sched")),
+        workflow_id=text(get("wf")),
+        workflow_node=text(get("node")),
+        parent_ids=tuple(text(get("parents")).split()),
     )
 
 

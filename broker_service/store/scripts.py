@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # The KEYS of every script, in order: each name is a QueueKeys attribute, or a key the wrapper
 # passes itself (list_page's `index`). The header of each .lua file lists the same names.
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
-    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events"),
+    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending"),
     "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events"),
     "extend": ("task_prefix", "running"),
     "complete": ("task_prefix", "running", "succeeded", "events"),
@@ -117,6 +117,9 @@ class Scripts:
                 retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
                 task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
                 task.start_timeout_ms,
+                task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
+                task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
+                " ".join(task.parent_ids), task.result_passing,
             ]
         return list(await self.run("enqueue", script_keys("enqueue", queue), args))
 

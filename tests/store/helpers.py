@@ -12,7 +12,7 @@ from broker_service.domain import NewTask, RetryPolicy, TaskState, new_ulid
 from broker_service.store.keys import QueueKeys
 
 NAMESPACE = "conveyor"
-INDEXES = ("queued", "scheduled", "running", "start_by", "succeeded", "failed", "cancelled", "expired")
+INDEXES = ("queued", "scheduled", "running", "start_by", "pending", "succeeded", "failed", "cancelled", "expired")
 TIME_FIELDS = ("created", "due", "started", "finished", "start_by", "exec_dl")
 BINARY_FIELDS = ("payload", "result")
 

@@ -19,7 +19,8 @@ def test_cancel_of_a_queued_task_ends_it_at_once(harness: StoreHarness) -> None:
     dump = harness.dump()
     record = dump["tasks"][task.ulid]
     assert (record["state"], record["reason"]) == ("cancelled", "not needed")
-    assert dump["indexes"] == {"queued": [], "scheduled": [], "running": [], "start_by": [], "succeeded": [],
+    assert dump["indexes"] == {"queued": [], "scheduled": [], "running": [], "start_by": [], "pending": [],
+                               "succeeded": [],
                                "failed": [], "cancelled": [task.ulid], "expired": []}
     assert dump["scores"]["cancelled"][task.ulid] == int(record["finished"]) + 30_000
     assert dump["expires"][task.ulid] == int(record["finished"]) + 30_000

@@ -18,7 +18,7 @@ def test_enqueue_writes_a_lean_record_and_queues_it(harness: StoreHarness) -> No
     assert result.ulid == task.ulid
     assert result.state is TaskState.QUEUED
     dump = harness.dump()
-    assert dump["indexes"] == {"queued": [task.ulid], "scheduled": [], "running": [], "start_by": [],
+    assert dump["indexes"] == {"queued": [task.ulid], "scheduled": [], "running": [], "start_by": [], "pending": [],
                                "succeeded": [], "failed": [], "cancelled": [], "expired": []}
     assert dump["other"] == []
     assert dump["seq"] is None
@@ -46,6 +46,44 @@ def test_enqueue_stores_every_option_given(harness: StoreHarness) -> None:
                                "b_jit": "0.5", "timeout": "5000", "lease": "1000", "ttl": "10000"}
     assert int(record["start_by"]) == int(record["due"]) + 60_000
     assert json.loads(record["headers"]) == {"trace": "abc"}
+
+
+def test_enqueue_stores_keys_schedule_and_workflow_links(harness: StoreHarness) -> None:
+    task = harness.task(idempotency_key="order-7", idempotency_ttl_ms=5000, unique_key="u-1",
+                        concurrency_key="customer-9", concurrency_limit=2, schedule_id="nightly")
+    harness.enqueue(task)
+
+    record = harness.dump()["tasks"][task.ulid]
+    assert without(record) == {"state": "queued", "name": "tests.work", "max": "3", "b_init": "1000",
+                               "b_max": "600000", "b_mult": "2.0", "lease": "30000", "ttl": "86400000",
+                               "idem": "order-7", "uniq": "u-1", "ckey": "customer-9", "climit": "2",
+                               "sched": "nightly"}
+    stored = harness.run(harness.store.get(harness.queue, task.ulid))
+    assert (stored.idempotency_key, stored.unique_key, stored.concurrency_key, stored.concurrency_limit,
+            stored.schedule_id) == ("order-7", "u-1", "customer-9", 2, "nightly")
+
+
+def test_enqueue_writes_a_task_with_parents_pending(harness: StoreHarness) -> None:
+    parent = harness.task()
+    child = harness.task(workflow_id="wf1", workflow_node="parse", parent_ids=(parent.task_id,),
+                         result_passing=2, delay_ms=5000, start_timeout_ms=7000)
+
+    results = harness.enqueue(parent, child)
+
+    assert [r.state for r in results] == [TaskState.QUEUED, TaskState.PENDING]
+    dump = harness.dump()
+    assert dump["indexes"]["pending"] == [child.ulid]
+    assert dump["indexes"]["queued"] == [parent.ulid]
+    assert dump["indexes"]["scheduled"] == dump["indexes"]["start_by"] == []
+    record = dump["tasks"][child.ulid]
+    assert without(record) == {"state": "pending", "name": "tests.work", "max": "3", "b_init": "1000",
+                               "b_max": "600000", "b_mult": "2.0", "lease": "30000", "ttl": "86400000",
+                               "wf": "wf1", "node": "parse", "parents": parent.task_id, "rpass": "2",
+                               "delay": "5000", "start_tmo": "7000"}
+    stored = harness.run(harness.store.get(harness.queue, child.ulid))
+    assert stored.state is TaskState.PENDING
+    assert stored.parent_ids == (parent.task_id,)
+    assert (stored.workflow_id, stored.workflow_node) == ("wf1", "parse")
 
 
 def test_enqueue_with_a_delay_schedules_the_task(harness: StoreHarness) -> None:

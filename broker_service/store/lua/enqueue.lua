@@ -5,8 +5,9 @@
 -- KEYS[3] scheduled        ZSET     delayed tasks, score due ms
 -- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
 -- KEYS[5] events           channel  the queue's pub/sub channel
+-- KEYS[6] pending          ZSET     workflow nodes waiting for their parents, score created ms
 --
--- ARGV[1..] 17 per task:
+-- ARGV[1..] 27 per task:
 --   ulid           string  the task's ulid
 --   name           string  task name
 --   payload        bytes   opaque payload ('' = none, stored absent)
@@ -24,9 +25,25 @@
 --   run_at         int     absolute due time, ms (0 = none)
 --   delay          int     delay from now, ms (used when run_at is 0)
 --   start_timeout  int     schedule-to-start timeout counted from due, ms (0 = none)
+--   idem           string  idempotency key ('' = none)
+--   idem_ttl       int     how long the idempotency key is remembered, ms
+--   uniq           string  unique key ('' = none)
+--   ckey           string  concurrency key ('' = none)
+--   climit         int     most running tasks with `ckey` (0 = none)
+--   sched          string  id of the schedule whose tick submitted it ('' = none)
+--   wf             string  workflow id ('' = none)
+--   node           string  workflow node name ('' = none)
+--   parents        string  parent task ids, space separated ('' = none)
+--   rpass          int     how parents' results are handed over (ResultPassing, 0 = none)
 --
--- Returns: array, one state label per task: "queued" or "scheduled"; a ulid that already
---   exists is left untouched and answers its current state (a retried enqueue is idempotent).
+-- Every key, id and number above is stored in the task hash under its ARGV name when it is not
+-- empty or 0 (`idem_ttl` is not stored). A task with parents is written `pending` into
+-- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
+-- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
+--
+-- Returns: array, one state label per task: "queued", "scheduled" or "pending"; a ulid that
+--   already exists is left untouched and answers its current state (a retried enqueue is
+--   idempotent).
 -- Publishes: `wake` when `queued` was empty before and now is not.
 -- Errors: none.
 
@@ -35,6 +52,7 @@ local queued = KEYS[2]
 local scheduled = KEYS[3]
 local start_deadlines = KEYS[4]
 local events = KEYS[5]
+local pending = KEYS[6]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,9 +64,9 @@ local function in_chunks(cmd, key, args)
 end
 
 local was_empty = redis.call('ZCARD', queued) == 0
-local to_queue, to_schedule, to_start_by, answers = {}, {}, {}, {}
+local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
 
-for i = 1, #ARGV, 17 do
+for i = 1, #ARGV, 27 do
   local ulid = ARGV[i]
   local name = ARGV[i + 1]
   local payload = ARGV[i + 2]
@@ -66,6 +84,9 @@ for i = 1, #ARGV, 17 do
   local run_at = tonumber(ARGV[i + 14])
   local delay = tonumber(ARGV[i + 15])
   local start_timeout = tonumber(ARGV[i + 16])
+  local extra = {'idem', ARGV[i + 17], 'uniq', ARGV[i + 19], 'ckey', ARGV[i + 20], 'climit', ARGV[i + 21],
+                 'sched', ARGV[i + 22], 'wf', ARGV[i + 23], 'node', ARGV[i + 24], 'parents', ARGV[i + 25],
+                 'rpass', ARGV[i + 26]}
 
   local key = task_prefix .. ulid
   local existing = redis.call('HGET', key, 'state')
@@ -77,6 +98,8 @@ for i = 1, #ARGV, 17 do
     if due < now then due = now end
     local state = 'queued'
     if due > now then state = 'scheduled' end
+    local has_parents = extra[16] ~= ''
+    if has_parents then state = 'pending' end
 
     local fields = {'state', state, 'name', name, 'max', max, 'b_init', b_init, 'b_max', b_max,
                     'b_mult', b_mult, 'lease', lease, 'ttl', ttl, 'created', now, 'due', due}
@@ -86,14 +109,24 @@ for i = 1, #ARGV, 17 do
     if prio ~= 0 then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
     if tonumber(b_jit) ~= 0 then fields[#fields + 1] = 'b_jit'; fields[#fields + 1] = b_jit end
     if timeout > 0 then fields[#fields + 1] = 'timeout'; fields[#fields + 1] = timeout end
-    if start_timeout > 0 then
+    for j = 1, #extra, 2 do
+      local value = extra[j + 1]
+      if value ~= '' and value ~= '0' then fields[#fields + 1] = extra[j]; fields[#fields + 1] = value end
+    end
+    if has_parents then
+      -- its delay and schedule-to-start timeout count from its release: kept for that
+      if delay > 0 then fields[#fields + 1] = 'delay'; fields[#fields + 1] = delay end
+      if start_timeout > 0 then fields[#fields + 1] = 'start_tmo'; fields[#fields + 1] = start_timeout end
+    elseif start_timeout > 0 then
       local start_by = due + start_timeout
       fields[#fields + 1] = 'start_by'; fields[#fields + 1] = start_by
       to_start_by[#to_start_by + 1] = start_by; to_start_by[#to_start_by + 1] = ulid
     end
     redis.call('HSET', key, unpack(fields))
 
-    if state == 'queued' then
+    if state == 'pending' then
+      to_pend[#to_pend + 1] = now; to_pend[#to_pend + 1] = ulid
+    elseif state == 'queued' then
       to_queue[#to_queue + 1] = (9 - prio) * 1e13 + due; to_queue[#to_queue + 1] = ulid
     else
       to_schedule[#to_schedule + 1] = due; to_schedule[#to_schedule + 1] = ulid
@@ -105,5 +138,6 @@ end
 in_chunks('ZADD', queued, to_queue)
 in_chunks('ZADD', scheduled, to_schedule)
 in_chunks('ZADD', start_deadlines, to_start_by)
+in_chunks('ZADD', pending, to_pend)
 if was_empty and #to_queue > 0 then redis.call('PUBLISH', events, 'wake') end
 return answers
