@@ -38,5 +38,15 @@ class Metrics:
                                       buckets=WAIT_BUCKETS, registry=r)
         self.workers = Gauge("conveyor_workers_connected", "Worker streams connected to this broker.",
                              registry=r)
+        # Locks and limits.
+        self.duplicates = Counter("conveyor_duplicate_submits",
+                                  "Submits answered with an existing task, by the key that matched "
+                                  "(idempotency, unique).", ["queue", "kind"], registry=r)
+        self.held = Gauge("conveyor_queue_held_tasks",
+                          "Ready tasks held back because their concurrency key is at its limit.",
+                          ["queue"], registry=r)
+        self.lease_deferrals = Counter("conveyor_lease_deferrals",
+                                       "Lease calls that left ready tasks waiting because of a queue limit "
+                                       "(rate, max_running).", ["queue", "limit"], registry=r)
         self.store_errors = Counter("conveyor_store_errors", "Redis calls that failed (unreachable or timed out).",
                                     registry=r)

@@ -89,7 +89,7 @@ class RecordingScripts(Scripts):
 
     async def run(self, name: str, keys: Any, args: Any) -> Any:
         self.calls.append((name, list(keys), list(args)))
-        return {"promote": 0, "trim": 0, "cancel": b"cancelled"}.get(name, [])
+        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "set_limits": 0}.get(name, [])
 
 
 def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
@@ -112,6 +112,7 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "expire": lambda: scripts.expire(QUEUE, 10),
         "trim": lambda: scripts.trim(QUEUE, 10),
         "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
+        "set_limits": lambda: scripts.set_limits(QUEUE, 5, 2.5, 10),
     }
     asyncio.run(calls[name]())
 
