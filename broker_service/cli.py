@@ -24,8 +24,9 @@ commands:
   enqueue    submit a task            get     read a task
   wait       wait for a task          cancel  cancel a task
   list       list a queue's tasks
+  queue      queue limits, show, list: a queue's limits and counts
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
