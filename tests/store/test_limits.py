@@ -366,3 +366,17 @@ def test_the_rate_limit_without_waiting_tasks_answers_no_retry(harness: StoreHar
     batch = harness.run(harness.store.lease(harness.queue, 10, "w"))
 
     assert (len(batch.leased), batch.retry_ms) == (1, -1)
+
+
+def test_the_janitor_reports_held_tasks_per_queue(harness: StoreHarness) -> None:
+    from broker_service.loops.janitor import Janitor
+    from broker_service.metrics import Metrics
+
+    harness.run(harness.store.register_queues([harness.queue]))
+    harness.submit(3, concurrency_key="k", concurrency_limit=1)
+    harness.lease(3)
+    metrics = Metrics()
+
+    harness.run(Janitor(harness.store, metrics, interval=60).tick())
+
+    assert metrics.registry.get_sample_value("conveyor_queue_held_tasks", {"queue": harness.queue}) == 2
