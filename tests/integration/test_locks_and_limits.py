@@ -16,7 +16,7 @@ from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from client_sdk import AsyncClient, Client, QueueLimits, TaskState
 from client_sdk import cli as client_cli
-from tests.helpers import BrokerProcess, WorkerFactory, WorkerProcess, eventually, metric_value, run_async
+from tests.helpers import BrokerProcess, WorkerFactory, WorkerProcess, eventually, run_async
 from tests.integration.conftest import MakeBroker, wait_connected
 from tests.integration.limits_tasks import span
 from worker_sdk.examples import add

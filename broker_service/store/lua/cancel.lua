@@ -54,11 +54,11 @@ local function let_one_go(ckey)
 end
 
 -- A waiting task ended: releases its unique key if it still holds it; held back, it leaves the
--- held sets, else (it was queued) it lets one held task of its concurrency key go.
-local function limits_ended(key, ulid)
+-- held sets, else, when it was queued, it lets one held task of its concurrency key go.
+local function limits_ended(key, ulid, was_queued)
   local x = redis.call('HMGET', key, 'uniq', 'ckey')
   if x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] then
+  if x[2] and was_queued then
     if redis.call('ZREM', held, ulid) == 1 then
       redis.call('ZREM', held_prefix .. x[2], ulid)
     else
@@ -87,7 +87,7 @@ if state == 'queued' or state == 'scheduled' or state == 'pending' then
   if state == 'queued' then redis.call('ZREM', queued, ulid) end
   if state == 'scheduled' then redis.call('ZREM', scheduled, ulid) end
   redis.call('ZREM', start_deadlines, ulid)
-  limits_ended(key, ulid) -- limits
+  limits_ended(key, ulid, state == 'queued') -- limits
   redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', reason)
   redis.call('PEXPIREAT', key, now + ttl)
   redis.call('ZADD', cancelled, now + ttl, ulid)

@@ -58,11 +58,11 @@ local function let_one_go(ckey)
 end
 
 -- A waiting task ended: releases its unique key if it still holds it; held back, it leaves the
--- held sets, else (it was queued) it lets one held task of its concurrency key go.
-local function limits_ended(key, ulid)
+-- held sets, else, when it was queued, it lets one held task of its concurrency key go.
+local function limits_ended(key, ulid, was_queued)
   local x = redis.call('HMGET', key, 'uniq', 'ckey')
   if x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] then
+  if x[2] and was_queued then
     if redis.call('ZREM', held, ulid) == 1 then
       redis.call('ZREM', held_prefix .. x[2], ulid)
     else
@@ -82,7 +82,7 @@ for _, ulid in ipairs(due) do
     local ttl = tonumber(f[3])
     if state == 'queued' then from_queued[#from_queued + 1] = ulid end
     if state == 'scheduled' then from_scheduled[#from_scheduled + 1] = ulid end
-    limits_ended(key, ulid)
+    limits_ended(key, ulid, state == 'queued')
     redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
     redis.call('PEXPIREAT', key, now + ttl)
     to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
