@@ -36,7 +36,7 @@ STREAM_SLACK = 1.0
 # Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
 WAIT_RECONNECTS = 5
 # Attempts of a submit that carries an idempotency key when the broker answers UNAVAILABLE.
-SUBMIT_ATTEMPTS = 5
+SUBMIT_ATTEMPTS = 6
 
 
 class TaskHandle:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import grpc
 import pytest
 from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc
 
-from client_sdk import AsyncClient, Client, QueueLimits, TaskState
+from client_sdk import AsyncClient, Client, QueueLimits, TaskState, UnavailableError
 from client_sdk import cli as client_cli
 from tests.helpers import BrokerProcess, WorkerFactory, WorkerProcess, eventually, run_async
 from tests.integration.conftest import MakeBroker, wait_connected
 from tests.integration.limits_tasks import span
+from tests.redis_process import RedisProcess
 from worker_sdk.examples import add
 
 LIMITS_WORKER = "tests.integration.limits_tasks:worker"
@@ -224,6 +226,20 @@ def test_queue_limits_are_read_back_listed_and_cleared(fast_client: Client, queu
     assert fast_client.set_queue_limits(queue_name).limits == QueueLimits()
 
 
+def test_the_async_client_sets_reads_and_lists_queue_limits(fast_broker: BrokerProcess, queue_name: str) -> None:
+    async def scenario() -> tuple[QueueLimits, QueueLimits, bool]:
+        async with AsyncClient(fast_broker.address) as client:
+            set_to = await client.set_queue_limits(queue_name, max_running=1, rate_per_second=100)
+            shown = await client.get_queue(queue_name)
+            listed = queue_name in {q.name for q in await client.list_queues()}
+            return set_to.limits, shown.limits, listed
+
+    set_to, shown, listed = run_async(scenario())
+
+    assert set_to == shown == QueueLimits(max_running=1, rate_per_second=100)
+    assert listed
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 
@@ -287,3 +303,39 @@ def test_the_sdk_refuses_bad_keys_and_limits_before_sending(fast_client: Client,
         add.with_options(idempotency_key="")
     with pytest.raises(ValueError, match="rate_per_second"):
         fast_client.set_queue_limits(queue_name, rate_per_second=-1)
+
+
+# --- client retries ------------------------------------------------------------------------------
+
+
+def test_a_submit_with_an_idempotency_key_is_retried_through_an_outage_and_one_without_is_not(
+    make_broker: MakeBroker, queue_name: str
+) -> None:
+    store = RedisProcess()
+    store.start()
+    try:
+        broker = make_broker(redis_url=store.url)
+        with Client(broker.address) as client, ThreadPoolExecutor(1) as pool:
+            calls: list[float] = []
+            real = client._stub.EnqueueTask
+
+            def counted(request: object, timeout: float) -> object:
+                calls.append(timeout)
+                return real(request, timeout=timeout)
+
+            client._stub.EnqueueTask = counted
+            store.stop()
+            with pytest.raises(UnavailableError):
+                client.enqueue(add.with_options(queue=queue_name), 1, 2)
+            assert len(calls) == 1  # no key: a retry could submit twice, so none is made
+
+            pending = pool.submit(client.enqueue, add.with_options(queue=queue_name, idempotency_key="k"), 1, 2)
+            eventually(lambda: len(calls) >= 3, timeout=5)  # refused, then retried
+            store.start()
+            handle = pending.result(timeout=15)
+
+            assert not handle.duplicate
+            assert client.enqueue(add.with_options(queue=queue_name, idempotency_key="k"), 1, 2).id == handle.id
+            assert [info.id for info in client.list(queue_name, TaskState.QUEUED)] == [handle.id]
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ task), concurrency keys (lease holds back, every exit from running lets one go),
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker_service.domain import Completion, Failure, Lease, QueueLimits, RetryPolicy, TaskError, TaskState
@@ -57,7 +58,7 @@ def test_an_idempotency_key_answers_the_first_task_and_stores_nothing_more(harne
     assert harness.dump() == before
     key = _keys(harness).idem_prefix + "order-7"
     assert _get(harness, key) == first.ulid
-    assert 59_000 < int(harness.redis.pttl(key)) <= 60_000  # type: ignore[arg-type]
+    assert 59_000 < int(harness.redis.pttl(key)) <= 60_000
 
 
 def test_a_duplicate_answers_the_current_state_of_the_original(harness: StoreHarness) -> None:
@@ -237,7 +238,7 @@ def test_complete_lets_the_oldest_held_task_of_its_key_go_in_its_old_place(harne
 def test_every_exit_from_running_frees_the_slot(harness: StoreHarness) -> None:
     s = harness.store
     q = harness.queue
-    exits = [
+    exits: list[Callable[[Lease], Awaitable[Any]]] = [
         lambda lease: s.fail(q, [Failure(lease.ulid, lease.token, TaskError("E", "m"))], [0.5]),
         lambda lease: s.cancelled(q, [lease]),
         lambda lease: s.release(q, [lease], "nack", True),
@@ -354,7 +355,7 @@ def test_the_rate_limit_spends_the_burst_then_answers_when_the_next_token_comes(
     bucket: Any = harness.redis.hgetall(_keys(harness).bucket)
     assert float(bucket[b"tokens"]) < 1
     assert int(bucket[b"ts"]) // 1000 >= before
-    assert 0 < int(harness.redis.pttl(_keys(harness).bucket)) <= 1300  # type: ignore[arg-type]
+    assert 0 < int(harness.redis.pttl(_keys(harness).bucket)) <= 1300
     time.sleep(second.retry_ms / 1000 + 0.01)
     assert len(harness.run(harness.store.lease(harness.queue, 10, "w")).leased) == 1
 
