@@ -99,7 +99,8 @@ class Client:
 
     Every call has a deadline: the client's ``timeout`` unless the call is given its own.
     Reads (get, wait, list) are retried on UNAVAILABLE; submissions are not, since a retry
-    after a lost answer would submit twice.
+    after a lost answer would submit twice, unless they carry an idempotency key (which makes
+    the retry answer the first task).
 
     Example:
         >>> with Client("localhost:50051") as client:

@@ -334,6 +334,8 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    idempotency_key: str | None = None,
+    idempotency_ttl: float | None = None,
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
@@ -356,6 +358,8 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    idempotency_key: str | None = None,
+    idempotency_ttl: float | None = None,
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
@@ -377,14 +381,15 @@ def task(
             else it ends EXPIRED; None for no limit.
         result_ttl: Seconds the result is kept; None for the broker default.
         dont_retry_on: Exception types that fail the task at once, without retries.
+        idempotency_key: Every submit of this definition shares the key: the first one within
+            ``idempotency_ttl`` is stored, the others answer it (at most once per TTL). A key per
+            submission is given per call: ``task.s(...).with_options(idempotency_key="order-7")``.
+        idempotency_ttl: Seconds the idempotency key is remembered; None for the broker's (1 day).
         unique_key: At most one task of this definition waits or runs at a time: a submit while
             one does answers it (``handle.duplicate``). Per call, use ``with_options``.
         concurrency_key: Runs at most ``concurrency_limit`` tasks with this key at once, e.g. a
             customer id given per call with ``with_options(concurrency_key=...)``.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once.
-
-    An idempotency key belongs to one submission, so it is given per call:
-    ``client.enqueue(task.s(...).with_options(idempotency_key="order-7"))``.
 
     Returns:
         The `TaskDefinition` (bare use), or a decorator that makes one.
@@ -396,7 +401,8 @@ def task(
         queue=queue, priority=priority, max_attempts=max_attempts, retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max, retry_jitter=retry_jitter, timeout=timeout, lease=lease,
         schedule_to_start=schedule_to_start, result_ttl=result_ttl, dont_retry_on=dont_retry_on,
-        unique_key=unique_key, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+        idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl, unique_key=unique_key,
+        concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
     )
 
     def decorate(function: Callable[P, R]) -> TaskDefinition[P, R]:

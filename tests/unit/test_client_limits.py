@@ -27,12 +27,14 @@ def test_without_keys_nothing_is_set() -> None:
 
 
 def test_the_decorator_takes_unique_and_concurrency_keys_and_signatures_take_all() -> None:
-    @task(unique_key="only-one", concurrency_key="c", concurrency_limit=2)
+    @task(unique_key="only-one", concurrency_key="c", concurrency_limit=2, idempotency_key="daily",
+          idempotency_ttl=86_400)
     def work() -> None: ...
 
     sig = work.s().with_options(idempotency_key="k")
 
     assert (sig.options.unique_key, sig.options.concurrency_key, sig.options.concurrency_limit) == ("only-one", "c", 2)
+    assert (work.options.idempotency_key, work.options.idempotency_ttl) == ("daily", 86_400)
     assert sig.options.idempotency_key == "k"
 
 
