@@ -485,6 +485,28 @@ def test_compose_prometheus_scrapes_every_broker_with_the_alerts_and_grafana_get
     assert variable["current"]["value"] == datasource["uid"]
 
 
+def _compose_v2() -> list[str] | None:
+    """A Docker Compose v2 command (`docker compose` or `docker-compose`), or None."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        done = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+        if done.returncode == 0 and re.search(r"version v?2\.", done.stdout):
+            return command
+    return None
+
+
+COMPOSE = _compose_v2()
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="Docker Compose v2 is not installed")
+def test_docker_compose_accepts_the_compose_file() -> None:
+    assert COMPOSE is not None
+    done = subprocess.run([*COMPOSE, "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def _flag_value(args: list[str], flag: str) -> str:
     return next(a.split("=", 1)[1] for a in args if a.startswith(flag + "="))
 
