@@ -38,6 +38,10 @@ class Metrics:
                                       buckets=WAIT_BUCKETS, registry=r)
         self.workers = Gauge("conveyor_workers_connected", "Worker streams connected to this broker.",
                              registry=r)
+        self.store_errors = Counter("conveyor_store_errors",
+                                    "Readiness checks of Redis that failed (unreachable or timed out).", registry=r)
+        self.store_up = Gauge("conveyor_store_up", "1 while the last readiness check reached Redis, else 0.",
+                              registry=r)
         # Locks and limits.
         self.duplicates = Counter("conveyor_duplicate_submits",
                                   "Submits answered with an existing task, by the key that matched "
@@ -48,5 +52,3 @@ class Metrics:
         self.lease_deferrals = Counter("conveyor_lease_deferrals",
                                        "Lease calls that left ready tasks waiting because of a queue limit "
                                        "(rate, max_running).", ["queue", "limit"], registry=r)
-        self.store_errors = Counter("conveyor_store_errors", "Redis calls that failed (unreachable or timed out).",
-                                    registry=r)
