@@ -99,10 +99,7 @@ class Plan:
 
 
 def parse_cron(expression: str, time_zone: str, schedule_id: str = "") -> None:
-    """Checks a cron expression and zone; raises ValueError saying what is wrong.
-
-    The message starts with "time_zone:" when the zone is at fault.
-    """
+    """Checks a cron expression read in `time_zone` (checked first); raises ValueError saying what is wrong."""
     zone(time_zone)
     text = expression.strip()
     if not text:
@@ -127,7 +124,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"time_zone: unknown IANA time zone {name[:100]!r}") from None
+        raise ValueError(f"unknown IANA time zone {name[:100]!r}") from None
 
 
 def _iterator(expression: str, time_zone: str, after_ms: int, schedule_id: str) -> croniter:
