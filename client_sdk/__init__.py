@@ -15,6 +15,7 @@ from client_sdk._errors import (
     UnavailableError,
 )
 from client_sdk._models import RemoteError, RetryPolicy, TaskInfo, TaskState
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, signature, task
 
 __all__ = [
@@ -25,9 +26,11 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "MissedTicks",
     "NotFoundError",
     "RemoteError",
     "RetryPolicy",
+    "ScheduleInfo",
     "Signature",
     "TaskCancelledError",
     "TaskDefinition",

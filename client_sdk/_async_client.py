@@ -6,17 +6,19 @@ import asyncio
 import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 import grpc
-from conveyor.v1 import task_service_pb2, task_service_pb2_grpc
+from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
 
-from client_sdk import _convert
+from client_sdk import _convert, _schedules
 from client_sdk._channel import channel_options
 from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, WAIT_RECONNECTS
 from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
 from client_sdk._models import TaskInfo, TaskState
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["AsyncClient", "AsyncTaskHandle"]
@@ -319,6 +321,78 @@ class AsyncClient:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    # Schedules (AdminService).
+
+    async def _admin_call(self, method_name: str, request: Any, timeout: float | None) -> Any:
+        self._stub  # noqa: B018 - opens the channel when closed
+        if getattr(self, "_admin_channel", None) is not self._channel:
+            self._admin_stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+            self._admin_channel = self._channel
+        method = getattr(self._admin_stub, method_name)
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def put_schedule(self, schedule_id: str, task: TaskDefinition[Any, Any] | Signature | str, *,
+                           cron: str | None = None, every: float | timedelta | None = None, timezone: str = "",
+                           missed: MissedTicks | str = MissedTicks.FIRE_ONCE, description: str = "",
+                           timeout: float | None = None) -> ScheduleInfo:
+        """Creates or replaces a schedule; see `Client.put_schedule`.
+
+        Args:
+            schedule_id: The schedule's id.
+            task: A signature, a task definition (no arguments) or a bare task name.
+            cron: A cron expression. Exclusive with ``every``.
+            every: A fixed interval, as a timedelta or seconds.
+            timezone: IANA zone the cron expression is read in; empty means UTC.
+            missed: ``"fire-once"`` (default), ``"skip"`` or ``"catch-up"``.
+            description: Free text.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The schedule as stored, with its next tick.
+        """
+        trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, description=description)
+        response: admin_service_pb2.PutScheduleResponse = await self._admin_call(
+            "PutSchedule", _schedules.put_request(schedule_id, task, trigger), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    async def get_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Reads one schedule; see `Client.get_schedule`."""
+        response: admin_service_pb2.GetScheduleResponse = await self._admin_call(
+            "GetSchedule", admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    async def list_schedules(self, page_size: int = 100, *,
+                             timeout: float | None = None) -> AsyncIterator[ScheduleInfo]:
+        """Lists every schedule by id; see `Client.list_schedules`."""
+        request = admin_service_pb2.ListSchedulesRequest(page_size=page_size)
+        while True:
+            response: admin_service_pb2.ListSchedulesResponse = await self._admin_call(
+                "ListSchedules", request, timeout)
+            for message in response.schedules:
+                yield _schedules.schedule_info(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def pause_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Pauses a schedule; see `Client.pause_schedule`."""
+        response: admin_service_pb2.PauseScheduleResponse = await self._admin_call(
+            "PauseSchedule", admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    async def resume_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Resumes a schedule; see `Client.resume_schedule`."""
+        response: admin_service_pb2.ResumeScheduleResponse = await self._admin_call(
+            "ResumeSchedule", admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    async def delete_schedule(self, schedule_id: str, *, timeout: float | None = None) -> None:
+        """Deletes a schedule; see `Client.delete_schedule`."""
+        await self._admin_call("DeleteSchedule", admin_service_pb2.DeleteScheduleRequest(id=schedule_id), timeout)
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel.
