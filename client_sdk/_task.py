@@ -7,8 +7,10 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+from client_sdk._schedule_models import SCHEDULE_ID_PATTERN, MissedTicks, Trigger
 
 __all__ = ["OptionOverrides", "Signature", "TaskDefinition", "TaskOptions", "signature", "task"]
 
@@ -224,16 +226,19 @@ class TaskDefinition(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
-                 options: TaskOptions | None = None) -> None:
+                 options: TaskOptions | None = None, schedule: Trigger | None = None) -> None:
         """Wraps a function.
 
         Args:
             fn: The function to run.
             name: The task name; default ``fn.__module__ + "." + fn.__qualname__``.
             options: Default options; default ``TaskOptions()``.
+            schedule: When to submit it periodically (a worker running it puts the schedule when
+                it starts); None for no schedule.
 
         Raises:
             TypeError: If ``fn`` is not callable.
+            ValueError: If the schedule needs an explicit id (the task name is not a valid one).
         """
         if not callable(fn):
             raise TypeError(f"task() needs a callable, got {fn!r}")
@@ -242,6 +247,9 @@ class TaskDefinition(Generic[P, R]):
         if not isinstance(self.name, str):
             raise TypeError(f"task name must be a string, got {self.name!r}")
         self.options = options if options is not None else TaskOptions()
+        self.schedule = schedule
+        if schedule is not None and schedule.schedule_id is None and not SCHEDULE_ID_PATTERN.fullmatch(self.name):
+            raise ValueError(f"task {self.name!r}: its name is not a valid schedule id; give schedule_id=")
         self._parameters = inspect.signature(fn)
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             if hasattr(fn, attr):
@@ -281,7 +289,15 @@ class TaskDefinition(Generic[P, R]):
         Returns:
             The new definition; this one is unchanged.
         """
-        return TaskDefinition(self.fn, name=self.name, options=self.options.replace(**overrides))
+        return TaskDefinition(self.fn, name=self.name, options=self.options.replace(**overrides),
+                              schedule=self.schedule)
+
+    @property
+    def schedule_id(self) -> str | None:
+        """The id of this task's schedule (default: the task name), or None without a schedule."""
+        if self.schedule is None:
+            return None
+        return self.schedule.schedule_id or self.name
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name!r} queue={self.options.queue!r}>"
@@ -306,6 +322,11 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "",
+    missed: MissedTicks | str = MissedTicks.FIRE_ONCE,
+    schedule_id: str | None = None,
 ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
 
 
@@ -325,6 +346,11 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "",
+    missed: MissedTicks | str = MissedTicks.FIRE_ONCE,
+    schedule_id: str | None = None,
 ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
     """Registers a function as a task; works bare (``@task``) or with options (``@task(...)``).
 
@@ -343,6 +369,12 @@ def task(
             else it ends EXPIRED; None for no limit.
         result_ttl: Seconds the result is kept; None for the broker default.
         dont_retry_on: Exception types that fail the task at once, without retries.
+        cron: Submit the task (without arguments) on this cron schedule: five fields, or six with
+            seconds last. A worker running the task puts the schedule when it starts.
+        every: Submit the task every so often instead (a timedelta, or seconds; at least 1 s).
+        timezone: IANA zone ``cron`` is read in; empty means UTC.
+        missed: What the schedule does with missed ticks: ``"fire-once"``, ``"skip"`` or ``"catch-up"``.
+        schedule_id: The schedule's id; default the task name.
 
     Returns:
         The `TaskDefinition` (bare use), or a decorator that makes one.
@@ -355,8 +387,11 @@ def task(
         retry_backoff_max=retry_backoff_max, retry_jitter=retry_jitter, timeout=timeout, lease=lease,
         schedule_to_start=schedule_to_start, result_ttl=result_ttl, dont_retry_on=dont_retry_on,
     )
+    trigger = None
+    if cron is not None or every is not None:
+        trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, schedule_id=schedule_id)
 
     def decorate(function: Callable[P, R]) -> TaskDefinition[P, R]:
-        return TaskDefinition(function, name=name, options=options)
+        return TaskDefinition(function, name=name, options=options, schedule=trigger)
 
     return decorate if fn is None else decorate(fn)
