@@ -24,8 +24,9 @@ commands:
   enqueue    submit a task            get     read a task
   wait       wait for a task          cancel  cancel a task
   list       list a queue's tasks
+  schedule   periodic schedules: create, list, show, pause, resume, delete
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "schedule")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
