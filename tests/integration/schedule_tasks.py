@@ -21,3 +21,11 @@ def heartbeat() -> str:
 
 
 worker = Worker(tasks=[heartbeat])
+
+
+@task(queue="scheduled", cron="0 25 * * *", schedule_id="never-valid")
+def misscheduled() -> None:
+    """Declares an hour that does not exist: the broker refuses its schedule."""
+
+
+refused = Worker(tasks=[misscheduled])

@@ -184,6 +184,15 @@ def test_a_schedule_declared_on_a_task_is_put_by_the_worker_and_runs(
     assert worker.terminate() == 0
 
 
+def test_a_worker_whose_declared_schedule_is_refused_exits_saying_why(
+        make_broker: MakeBroker, worker_factory: WorkerFactory) -> None:
+    broker = make_broker()
+    worker = worker_factory("tests.integration.schedule_tasks:refused", broker=broker)
+
+    assert worker.wait(timeout=20) == 1
+    assert "refused the schedule of task" in worker.log and "schedule.cron" in worker.log
+
+
 def test_schedules_through_the_async_client(fast_broker: BrokerProcess, queue_name: str) -> None:
     async def scenario() -> list[ScheduleInfo]:
         async with AsyncClient(fast_broker.address) as client:
