@@ -251,6 +251,12 @@ class TaskDefinition(Generic[P, R]):
         if schedule is not None and schedule.schedule_id is None and not SCHEDULE_ID_PATTERN.fullmatch(self.name):
             raise ValueError(f"task {self.name!r}: its name is not a valid schedule id; give schedule_id=")
         self._parameters = inspect.signature(fn)
+        if schedule is not None:
+            try:
+                self._parameters.bind()
+            except TypeError:
+                raise ValueError(f"task {self.name!r}: a scheduled task is submitted without arguments, "
+                                 "so none of its parameters may be required") from None
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             if hasattr(fn, attr):
                 setattr(self, attr, getattr(fn, attr))

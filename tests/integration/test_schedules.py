@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+from conveyor.v1 import admin_service_pb2 as adm
+from conveyor.v1 import admin_service_pb2_grpc as adm_grpc
 from conveyor.v1 import task_service_pb2, task_service_pb2_grpc
 
 from client_sdk import (
@@ -260,6 +262,34 @@ def test_bad_schedules_are_refused_naming_the_field(
         fast_client.get_schedule(queue_name)  # nothing half-written
 
 
+def test_raw_requests_with_fields_no_sdk_would_send_are_refused(fast_broker: BrokerProcess, queue_name: str) -> None:
+    task = task_service_pb2.TaskSpec(queue=queue_name, name="tests.noop")
+    with_delay = task_service_pb2.TaskSpec(queue=queue_name, name="tests.noop", delay={"seconds": 5})
+    with_key = task_service_pb2.TaskSpec(queue=queue_name, name="tests.noop", idempotency_key="k")
+    cases = [
+        (adm.PutScheduleRequest(), "schedule"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, cron="* * * * *")), "schedule.task"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, task=task)), "schedule.cron"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, task=with_delay, cron="* * * * *")),
+         "schedule.task.delay"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, task=with_key, cron="* * * * *")),
+         "schedule.task.idempotency_key"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, task=task, cron="* * * * *",
+                                                          missed_ticks=9)), "schedule.missed_ticks"),
+        (adm.PutScheduleRequest(schedule=adm.ScheduleSpec(id=queue_name, task=task, interval={"seconds": -1})),
+         "schedule.interval"),
+        (adm.ListSchedulesRequest(page_token="!!"), "page_token"),
+    ]
+    with grpc.insecure_channel(fast_broker.address) as channel:
+        stub = adm_grpc.AdminServiceStub(channel)
+        for request, field in cases:
+            method = stub.PutSchedule if isinstance(request, adm.PutScheduleRequest) else stub.ListSchedules
+            with pytest.raises(grpc.RpcError) as caught:
+                method(request, timeout=5)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, field
+            assert caught.value.details().startswith(f"{field}: "), caught.value.details()
+
+
 def test_bad_ids_task_fields_and_unknown_schedules(fast_client: Client, queue_name: str) -> None:
     sig = signature("tests.noop").with_options(queue=queue_name)
     cases = [
@@ -277,5 +307,8 @@ def test_bad_ids_task_fields_and_unknown_schedules(fast_client: Client, queue_na
             getattr(fast_client, call_name)(f"{queue_name}-unknown")
     with pytest.raises(ValueError, match="delay"):
         fast_client.put_schedule(queue_name, sig.with_options(delay=5), every=1)
+    with pytest.raises(InvalidArgumentError) as caught:
+        next(fast_client.list_schedules(page_size=1001))
+    assert caught.value.field == "page_size"
     with pytest.raises(ValueError, match="exactly one of cron and every"):
         fast_client.put_schedule(queue_name, sig)

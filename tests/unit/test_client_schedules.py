@@ -50,6 +50,13 @@ def test_a_task_name_that_is_no_schedule_id_needs_an_explicit_one() -> None:
     assert task(every=60, schedule_id="ok")(local).schedule_id == "ok"
 
 
+def test_a_scheduled_task_may_require_no_argument() -> None:
+    def needs(x: int) -> None: ...
+
+    with pytest.raises(ValueError, match="submitted without arguments"):
+        task(every=60, schedule_id="s")(needs)
+
+
 def test_missed_ticks_parse_every_spelling() -> None:
     for spelling in ("catch-up", "CATCH_UP", 3, MissedTicks.CATCH_UP):
         assert MissedTicks.parse(spelling) is MissedTicks.CATCH_UP
