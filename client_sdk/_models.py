@@ -136,6 +136,7 @@ class TaskInfo:
         progress_message: Free-text progress message.
         worker_id: Id of the worker running (or that last ran) the task.
         result_ttl: How long the result is kept after the task finishes.
+        schedule_id: The schedule whose tick submitted the task, or ``""``.
     """
 
     id: str
@@ -164,6 +165,7 @@ class TaskInfo:
     progress_message: str = ""
     worker_id: str = ""
     result_ttl: timedelta | None = None
+    schedule_id: str = ""
 
     @property
     def max_attempts(self) -> int:

@@ -86,7 +86,7 @@ def info_json(info: TaskInfo) -> dict[str, Any]:
     if info.error is not None:
         out["error"] = {"type": info.error.type, "message": info.error.message,
                         "traceback": info.error.traceback, "retryable": info.error.retryable}
-    for name in ("reason", "worker_id", "progress_message"):
+    for name in ("reason", "worker_id", "progress_message", "schedule_id"):
         if getattr(info, name):
             out[name] = getattr(info, name)
     if info.progress:

@@ -182,6 +182,7 @@ def test_a_schedule_declared_on_a_task_is_put_by_the_worker_and_runs(
         assert info.fire_count >= 2
         done = [client.get(task_id) for task_id in trace.read_text().split()]
         assert all(t.state is TaskState.SUCCEEDED and t.queue == "scheduled" for t in done)
+        assert {t.schedule_id for t in done} == {name}
         assert all(tick_of(t.id) % 1000 == ms(info.next_fire_at) % 1000 for t in done)
     assert worker.terminate() == 0
 
