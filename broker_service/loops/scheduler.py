@@ -10,8 +10,11 @@ dies between (1) and (2) leaves the tick due, and the next pass repeats (1) harm
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+from broker_service.domain import StoreUnavailableError
 from broker_service.loops import PeriodicLoop
 from broker_service.metrics import Metrics
 from broker_service.schedule import Schedule, ScheduleNotFoundError, plan, tick_task
@@ -20,6 +23,8 @@ from broker_service.store.store import Store
 log = logging.getLogger(__name__)
 
 BATCH = 100
+CONCURRENCY = 16
+FAILURE_LOG_SECONDS = 60.0
 
 
 class Scheduler(PeriodicLoop):
@@ -31,22 +36,33 @@ class Scheduler(PeriodicLoop):
         self._metrics = metrics
         self._grace_ms = int(grace_seconds * 1000)
         self._known_queues: set[str] = set()
+        self._failures: dict[str, float] = {}  # schedule id -> monotonic time its failure was last logged
 
     async def tick(self) -> None:
         now = await self._store.now_ms()
         while True:
             due = await self._store.due_schedules(now, BATCH)
-            for schedule_id in due:
-                try:
-                    await self._fire(schedule_id, now)
-                except ScheduleNotFoundError:
-                    continue  # deleted meanwhile
-                except Exception:  # one broken schedule must not hold back the others
-                    log.exception("schedule %s: pass failed", schedule_id)
+            # Schedules are independent: a batch goes CONCURRENCY at a time (round trips overlap)
+            # without taking more than that many of the broker's Redis connections.
+            for start in range(0, len(due), CONCURRENCY):
+                await asyncio.gather(*(self._fire_logged(schedule_id, now)
+                                       for schedule_id in due[start:start + CONCURRENCY]))
             if len(due) < BATCH:
                 break
             now = await self._store.now_ms()
         self._metrics.schedules.set(await self._store.schedule_count())
+
+    async def _fire_logged(self, schedule_id: str, now: int) -> None:
+        try:
+            await self._fire(schedule_id, now)
+        except ScheduleNotFoundError:
+            pass  # deleted meanwhile
+        except StoreUnavailableError:
+            raise
+        except Exception:  # one broken schedule must not hold back the others
+            if self._failures.get(schedule_id, 0) < time.monotonic() - FAILURE_LOG_SECONDS:
+                self._failures[schedule_id] = time.monotonic()
+                log.exception("schedule %s: pass failed (logged once a minute while it fails)", schedule_id)
 
     async def _fire(self, schedule_id: str, now: int) -> None:
         schedule = await self._store.get_schedule(schedule_id)
