@@ -55,6 +55,7 @@ class Scheduler(PeriodicLoop):
     async def _fire_logged(self, schedule_id: str, now: int) -> None:
         try:
             await self._fire(schedule_id, now)
+            self._failures.pop(schedule_id, None)
         except ScheduleNotFoundError:
             pass  # deleted meanwhile
         except StoreUnavailableError:
