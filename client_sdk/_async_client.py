@@ -324,12 +324,12 @@ class AsyncClient:
 
     # Schedules (AdminService).
 
-    async def _admin_call(self, method_name: str, request: Any, timeout: float | None) -> Any:
+    async def _schedules_call(self, method_name: str, request: Any, timeout: float | None) -> Any:
         self._stub  # noqa: B018 - opens the channel when closed
-        if getattr(self, "_admin_channel", None) is not self._channel:
-            self._admin_stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
-            self._admin_channel = self._channel
-        method = getattr(self._admin_stub, method_name)
+        if getattr(self, "_schedules_channel", None) is not self._channel:
+            self._schedules_stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+            self._schedules_channel = self._channel
+        method = getattr(self._schedules_stub, method_name)
         try:
             return await method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
@@ -355,13 +355,13 @@ class AsyncClient:
             The schedule as stored, with its next tick.
         """
         trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, description=description)
-        response: admin_service_pb2.PutScheduleResponse = await self._admin_call(
+        response: admin_service_pb2.PutScheduleResponse = await self._schedules_call(
             "PutSchedule", _schedules.put_request(schedule_id, task, trigger), timeout)
         return _schedules.schedule_info(response.schedule)
 
     async def get_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
         """Reads one schedule; see `Client.get_schedule`."""
-        response: admin_service_pb2.GetScheduleResponse = await self._admin_call(
+        response: admin_service_pb2.GetScheduleResponse = await self._schedules_call(
             "GetSchedule", admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
@@ -370,7 +370,7 @@ class AsyncClient:
         """Lists every schedule by id; see `Client.list_schedules`."""
         request = admin_service_pb2.ListSchedulesRequest(page_size=page_size)
         while True:
-            response: admin_service_pb2.ListSchedulesResponse = await self._admin_call(
+            response: admin_service_pb2.ListSchedulesResponse = await self._schedules_call(
                 "ListSchedules", request, timeout)
             for message in response.schedules:
                 yield _schedules.schedule_info(message)
@@ -380,19 +380,19 @@ class AsyncClient:
 
     async def pause_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
         """Pauses a schedule; see `Client.pause_schedule`."""
-        response: admin_service_pb2.PauseScheduleResponse = await self._admin_call(
+        response: admin_service_pb2.PauseScheduleResponse = await self._schedules_call(
             "PauseSchedule", admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
     async def resume_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
         """Resumes a schedule; see `Client.resume_schedule`."""
-        response: admin_service_pb2.ResumeScheduleResponse = await self._admin_call(
+        response: admin_service_pb2.ResumeScheduleResponse = await self._schedules_call(
             "ResumeSchedule", admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
     async def delete_schedule(self, schedule_id: str, *, timeout: float | None = None) -> None:
         """Deletes a schedule; see `Client.delete_schedule`."""
-        await self._admin_call("DeleteSchedule", admin_service_pb2.DeleteScheduleRequest(id=schedule_id), timeout)
+        await self._schedules_call("DeleteSchedule", admin_service_pb2.DeleteScheduleRequest(id=schedule_id), timeout)
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel.

@@ -352,10 +352,10 @@ class Client:
     # Schedules (AdminService).
 
     @property
-    def _admin(self) -> Any:
-        stub = self.__dict__.get("_admin_stub")
+    def _schedules_admin(self) -> Any:
+        stub = self.__dict__.get("_schedules_stub")
         if stub is None:
-            stub = self.__dict__["_admin_stub"] = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+            stub = self.__dict__["_schedules_stub"] = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         return stub
 
     def put_schedule(self, schedule_id: str, task: TaskDefinition[Any, Any] | Signature | str, *,
@@ -388,7 +388,7 @@ class Client:
         """
         trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, description=description)
         response: admin_service_pb2.PutScheduleResponse = self._call(
-            self._admin.PutSchedule, _schedules.put_request(schedule_id, task, trigger), timeout)
+            self._schedules_admin.PutSchedule, _schedules.put_request(schedule_id, task, trigger), timeout)
         return _schedules.schedule_info(response.schedule)
 
     def get_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
@@ -398,7 +398,7 @@ class Client:
             NotFoundError: If there is no such schedule.
         """
         response: admin_service_pb2.GetScheduleResponse = self._call(
-            self._admin.GetSchedule, admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout)
+            self._schedules_admin.GetSchedule, admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
     def list_schedules(self, page_size: int = 100, *, timeout: float | None = None) -> Iterator[ScheduleInfo]:
@@ -414,7 +414,7 @@ class Client:
         request = admin_service_pb2.ListSchedulesRequest(page_size=page_size)
         while True:
             response: admin_service_pb2.ListSchedulesResponse = self._call(
-                self._admin.ListSchedules, request, timeout)
+                self._schedules_admin.ListSchedules, request, timeout)
             for message in response.schedules:
                 yield _schedules.schedule_info(message)
             if not response.next_page_token:
@@ -428,7 +428,7 @@ class Client:
             NotFoundError: If there is no such schedule.
         """
         response: admin_service_pb2.PauseScheduleResponse = self._call(
-            self._admin.PauseSchedule, admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout)
+            self._schedules_admin.PauseSchedule, admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
     def resume_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
@@ -438,7 +438,7 @@ class Client:
             NotFoundError: If there is no such schedule.
         """
         response: admin_service_pb2.ResumeScheduleResponse = self._call(
-            self._admin.ResumeSchedule, admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout)
+            self._schedules_admin.ResumeSchedule, admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout)
         return _schedules.schedule_info(response.schedule)
 
     def delete_schedule(self, schedule_id: str, *, timeout: float | None = None) -> None:
@@ -447,7 +447,8 @@ class Client:
         Raises:
             NotFoundError: If there is no such schedule.
         """
-        self._call(self._admin.DeleteSchedule, admin_service_pb2.DeleteScheduleRequest(id=schedule_id), timeout)
+        self._call(self._schedules_admin.DeleteSchedule, admin_service_pb2.DeleteScheduleRequest(id=schedule_id),
+                   timeout)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
