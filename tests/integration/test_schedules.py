@@ -3,18 +3,22 @@ cron in a time zone, schedules declared on tasks, the SDKs, the CLI and bad inpu
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+import redis
 from conveyor.v1 import admin_service_pb2 as adm
 from conveyor.v1 import admin_service_pb2_grpc as adm_grpc
 from conveyor.v1 import task_service_pb2, task_service_pb2_grpc
 
+from broker_service.store.keys import QueueKeys, ScheduleKeys
 from client_sdk import (
     AsyncClient,
     Client,
@@ -53,6 +57,15 @@ def ticks(client: Client, queue: str) -> list[int]:
 def assert_consecutive(found: list[int], step: int = 1000) -> None:
     assert found, "no ticks"
     assert found == list(range(found[0], found[-1] + 1, step)), f"gap or duplicate in {found}"
+
+
+def fired_at_least(client: Client, schedule_id: str, count: int) -> bool:
+    return client.get_schedule(schedule_id).fire_count >= count
+
+
+def fired_after(client: Client, schedule_id: str, tick_ms: int) -> bool:
+    last = client.get_schedule(schedule_id).last_fire_at
+    return last is not None and ms(last) > tick_ms
 
 
 @pytest.fixture
@@ -109,7 +122,7 @@ def test_ticks_missed_while_paused_follow_each_schedules_policy(
     for missed, queue in policies.items():
         client.put_schedule(missed.label, signature("tests.noop").with_options(queue=queue), every=1, missed=missed)
     for missed in policies:
-        eventually(lambda m=missed: client.get_schedule(m.label).fire_count >= 2, timeout=10, interval=0.1)
+        eventually(functools.partial(fired_at_least, client, missed.label, 2), timeout=10, interval=0.1)
         client.pause_schedule(missed.label)
     # Paused for more than three ticks: time has to pass, nothing else will do.
     deadline = client.get_schedule(MissedTicks.CATCH_UP.label).updated_at
@@ -118,7 +131,7 @@ def test_ticks_missed_while_paused_follow_each_schedules_policy(
     before = {missed: ticks(client, queue) for missed, queue in policies.items()}
     resumed = {missed: ms(client.resume_schedule(missed.label).updated_at) for missed in policies}
     for missed in policies:
-        eventually(lambda m=missed: ms(client.get_schedule(m.label).last_fire_at) > resumed[m] + 1000,
+        eventually(functools.partial(fired_after, client, missed.label, resumed[missed] + 1000),
                    timeout=10, interval=0.1)
         client.pause_schedule(missed.label)
 
@@ -138,6 +151,49 @@ def test_ticks_missed_while_paused_follow_each_schedules_policy(
     skipped = broker.metric("conveyor_schedule_ticks_skipped_total", queue=policies[MissedTicks.SKIP])
     assert skipped >= 3
     assert broker.metric("conveyor_schedule_ticks_skipped_total", queue=policies[MissedTicks.CATCH_UP]) == 0
+
+
+def test_ticks_missed_while_every_broker_was_down_follow_the_policy(
+        make_broker: MakeBroker, redis_client: redis.Redis, queue_name: str) -> None:
+    broker = make_broker(schedule_grace_seconds=1)
+    queues = {MissedTicks.FIRE_ONCE: f"{queue_name}-once", MissedTicks.CATCH_UP: f"{queue_name}-all"}
+
+    def stored_ticks(queue: str) -> list[int]:
+        members: Any = redis_client.zrange(QueueKeys(broker.namespace, queue).queued, 0, -1)
+        return sorted(tick_of(m.decode()) for m in members)
+
+    with Client(broker.address) as client:
+        for missed, queue in queues.items():
+            client.put_schedule(missed.label, signature("tests.noop").with_options(queue=queue), every=1,
+                                missed=missed)
+        for missed in queues:
+            eventually(functools.partial(fired_at_least, client, missed.label, 2), timeout=10, interval=0.1)
+    broker.kill()
+    down_since = datetime.now(UTC)
+    before = {missed: stored_ticks(queue) for missed, queue in queues.items()}
+    # The next tick as the broker left it: the last one submitted, if it died between submit and advance.
+    left_at = int(redis_client.hget(ScheduleKeys(broker.namespace).schedule(MissedTicks.FIRE_ONCE.label),
+                                    "next") or 0)
+    # Down for four ticks, three of them past the one-second grace: only time passing will do.
+    eventually(lambda: datetime.now(UTC) > down_since + timedelta(seconds=4), timeout=10, interval=0.1)
+    broker.start()
+    with Client(broker.address) as client:
+        for missed in queues:
+            eventually(functools.partial(fired_after, client, missed.label, ms(down_since) + 5000),
+                       timeout=10, interval=0.1)
+            client.pause_schedule(missed.label)
+
+    once = [t for t in stored_ticks(queues[MissedTicks.FIRE_ONCE]) if t > before[MissedTicks.FIRE_ONCE][-1]]
+    gap = list(range(before[MissedTicks.FIRE_ONCE][-1] + 1000, once[0], 1000))
+    assert len(gap) >= 2, (before, once)  # skipped: all the missed ticks but the latest, once[0]
+    assert_consecutive(once)
+    resubmitted = 1 if left_at == before[MissedTicks.FIRE_ONCE][-1] else 0  # that tick counts as missed too
+    assert broker.metric("conveyor_schedule_ticks_skipped_total",
+                         queue=queues[MissedTicks.FIRE_ONCE]) == len(gap) + resubmitted
+    every = stored_ticks(queues[MissedTicks.CATCH_UP])
+    assert_consecutive(every)  # caught up: no gap at all
+    assert every[-1] > ms(down_since) + 5000
+    assert broker.metric("conveyor_schedule_ticks_skipped_total", queue=queues[MissedTicks.CATCH_UP]) == 0
 
 
 def test_cron_is_read_in_its_time_zone_and_a_seconds_field_ticks_fast(
@@ -293,7 +349,7 @@ def test_raw_requests_with_fields_no_sdk_would_send_are_refused(fast_broker: Bro
 
 def test_bad_ids_task_fields_and_unknown_schedules(fast_client: Client, queue_name: str) -> None:
     sig = signature("tests.noop").with_options(queue=queue_name)
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: fast_client.put_schedule("bad id", sig, every=1), "schedule.id"),
         (lambda: fast_client.put_schedule(queue_name, signature("tests.noop").with_options(queue="no/slash"),
                                           every=1), "schedule.task.queue"),

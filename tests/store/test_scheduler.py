@@ -27,7 +27,7 @@ def queued(h: ScheduleHarness, queue: str = "q") -> list[str]:
 
 
 def fired(metrics: Metrics) -> float:
-    return metrics.schedule_ticks_fired.labels("q")._value.get()
+    return float(metrics.schedule_ticks_fired.labels("q")._value.get())
 
 
 def test_a_pass_after_a_crash_between_submit_and_advance_submits_nothing_twice(schedules: ScheduleHarness) -> None:
