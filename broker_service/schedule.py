@@ -26,6 +26,9 @@ MAX_CATCH_UP = 1_000
 MAX_WALK = 10_000
 # croniter's "R" picks a random value per instance: replicas would disagree on the next tick.
 _RANDOM_FIELD = re.compile(r"(?<![A-Za-z])R(?![A-Za-z])")
+# croniter's "H" hashes the schedule id into the field (spreads schedules over the hour, say).
+# Given a hash id, croniter also hashes the @-aliases: pass it only when H is written out.
+_HASHED_FIELD = re.compile(r"(?<![A-Za-z])H(?![A-Za-z])")
 
 
 class MissedTicks(enum.IntEnum):
@@ -129,7 +132,8 @@ def zone(name: str) -> ZoneInfo:
 
 def _iterator(expression: str, time_zone: str, after_ms: int, schedule_id: str) -> croniter:
     start = datetime.fromtimestamp(after_ms / 1000, tz=UTC).astimezone(zone(time_zone))
-    return croniter(expression, start, hash_id=schedule_id.encode() or None)
+    hashed = schedule_id and _HASHED_FIELD.search(expression)
+    return croniter(expression, start, hash_id=schedule_id.encode() if hashed else None)
 
 
 def _ms(moment: datetime) -> int:

@@ -77,6 +77,14 @@ def test_month_and_day_names_are_not_taken_for_random_fields() -> None:
     parse_cron("0 9 * MAR-APR FRI", "")
 
 
+def test_aliases_keep_their_meaning_and_h_spreads_schedules_by_id() -> None:
+    hourly = ScheduleSpec(id="s", task=TEMPLATE, cron="@hourly")
+    assert next_after(hourly, 0, 1_000) == 3_600_000
+    spread = [next_after(ScheduleSpec(id=name, task=TEMPLATE, cron="H * * * *"), 0, 1_000) for name in "abcdef"]
+    assert all(t % 60_000 == 0 and t <= 3_600_000 for t in spread) and len(set(spread)) > 1
+    assert spread[0] == next_after(ScheduleSpec(id="a", task=TEMPLATE, cron="H * * * *"), 0, 1_000)
+
+
 def schedule(spec: ScheduleSpec, next_ms: int, resumed_ms: int = 0) -> Schedule:
     return Schedule(spec=spec, next_fire_ms=next_ms, anchor_ms=0, resumed_ms=resumed_ms)
 
