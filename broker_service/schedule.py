@@ -186,6 +186,9 @@ def plan(schedule: Schedule, now_ms: int, grace_ms: int) -> Plan:
     pass) and each is submitted.
     """
     spec, anchor, first = schedule.spec, schedule.anchor_ms, schedule.next_fire_ms
+    # A resume stamped after the pass read the clock has happened all the same: that later
+    # reading of the same clock is "now" too, so every tick up to the resume counts as missed.
+    now_ms = max(now_ms, schedule.resumed_ms)
     if first > now_ms:
         return Plan([], first, 0)
     following = next_after(spec, anchor, now_ms)

@@ -119,6 +119,12 @@ def test_every_tick_up_to_a_resume_was_missed_whatever_the_grace(missed: MissedT
     assert (step.fire, step.next_fire_ms) == (fired, 14_000)
 
 
+def test_a_resume_stamped_after_the_pass_read_the_clock_still_marks_its_ticks_missed() -> None:
+    step = plan(schedule(every_second(MissedTicks.FIRE_ONCE), 10_000, resumed_ms=13_100), now_ms=12_990,
+                grace_ms=60_000)
+    assert (step.fire, step.next_fire_ms) == ([13_000], 14_000)
+
+
 def test_catch_up_submits_at_most_a_thousand_ticks() -> None:
     step = plan(schedule(every_second(MissedTicks.CATCH_UP), 0), now_ms=5_000_000, grace_ms=0)
     assert len(step.fire) == 1_000 and step.fire[-1] == 5_000_000 and step.skipped == 4_001
