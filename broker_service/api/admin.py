@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +12,7 @@ from conveyor.v1 import admin_service_pb2_grpc as adm_grpc
 from broker_service.api import schedules, validate
 from broker_service.api.errors import invalid_argument, not_found, unary
 from broker_service.metrics import Metrics
-from broker_service.schedule import SCHEDULE_ID_PATTERN, ScheduleNotFoundError
+from broker_service.schedule import ScheduleNotFoundError
 from broker_service.store.store import Store
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
@@ -38,8 +36,7 @@ class AdminService(adm_grpc.AdminServiceServicer):
             raise invalid_argument("schedule", "required")
         now = await self._store.now_ms()
         spec = schedules.spec(request.schedule, self._limits, now)
-        with _schedule_not_found(spec.id):
-            stored, created = await self._store.put_schedule(spec, now, schedules.first_tick(spec, now))
+        stored, created = await self._store.put_schedule(spec, now, schedules.first_tick(spec, now))
         return adm.PutScheduleResponse(schedule=schedules.schedule(stored), created=created)
 
     @unary
@@ -53,17 +50,9 @@ class AdminService(adm_grpc.AdminServiceServicer):
     async def ListSchedules(self, request: adm.ListSchedulesRequest,
                             context: Context) -> adm.ListSchedulesResponse:
         size = schedules.page_size(request.page_size)
-        after = ""
-        if request.page_token:
-            try:
-                after = base64.urlsafe_b64decode(request.page_token + "=" * (-len(request.page_token) % 4)).decode()
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                after = "\0"
-            if not SCHEDULE_ID_PATTERN.fullmatch(after):
-                raise invalid_argument("page_token", "malformed")
-        page, more = await self._store.list_schedules(after, size)
-        token = base64.urlsafe_b64encode(page[-1].id.encode()).decode().rstrip("=") if more and page else ""
-        return adm.ListSchedulesResponse(schedules=[schedules.schedule(s) for s in page], next_page_token=token)
+        page, last = await self._store.list_schedules(schedules.page_after(request.page_token), size)
+        return adm.ListSchedulesResponse(schedules=[schedules.schedule(s) for s in page],
+                                         next_page_token=schedules.page_token(last))
 
     @unary
     async def PauseSchedule(self, request: adm.PauseScheduleRequest, context: Context) -> adm.PauseScheduleResponse:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from conveyor.v1 import admin_service_pb2 as adm
 from conveyor.v1 import task_pb2
 from conveyor.v1 import task_service_pb2 as ts
@@ -101,6 +104,24 @@ def page_size(value: int) -> int:
     if value > MAX_PAGE_SIZE:
         raise invalid_argument("page_size", f"at most {MAX_PAGE_SIZE}")
     return value or DEFAULT_PAGE_SIZE
+
+
+def page_after(token: str) -> str:
+    """The schedule id a ListSchedules page token says to list on from ('' for the first page)."""
+    if not token:
+        return ""
+    try:
+        after = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        after = ""
+    if not SCHEDULE_ID_PATTERN.fullmatch(after):
+        raise invalid_argument("page_token", "malformed: pass a next_page_token as it came")
+    return after
+
+
+def page_token(last_id: str) -> str:
+    """The page token that lists on after `last_id` ('' when there is no next page)."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=") if last_id else ""
 
 
 def _task_spec(task: NewTask) -> ts.TaskSpec:

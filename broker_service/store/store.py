@@ -339,8 +339,9 @@ class Store:
             raise ScheduleNotFoundError(f"schedule {schedule_id}")
         return schedule_from_hash(schedule_id, raw)
 
-    async def list_schedules(self, after: str, count: int) -> tuple[list[Schedule], bool]:
-        """Up to `count` schedules by id, after the id `after` ('' from the start); and whether more follow."""
+    async def list_schedules(self, after: str, count: int) -> tuple[list[Schedule], str]:
+        """Up to `count` schedules by id, after the id `after` ('' from the start), and the id to
+        list on from ('' on the last page)."""
         keys = self.schedule_keys
         start = b"(" + after.encode() if after else b"-"
         with redis_errors():
@@ -351,7 +352,7 @@ class Store:
                     pipe.hgetall(keys.schedule(schedule_id))
                 hashes = await pipe.execute()
         found = [schedule_from_hash(i, raw) for i, raw in zip(ids, hashes, strict=False) if raw]
-        return found, len(ids) > count
+        return found, ids[count - 1] if len(ids) > count else ""
 
     async def pause_schedule(self, schedule_id: str) -> Schedule:
         """Pauses a schedule (pause_schedule.lua). Raises ScheduleNotFoundError."""

@@ -52,15 +52,3 @@ def test_advance_leaves_a_paused_or_deleted_schedule_alone(schedules: ScheduleHa
     assert schedules.hash("b") == {}
     assert schedules.due() == []
 
-
-def test_due_schedules_and_listing_by_id(schedules: ScheduleHarness) -> None:
-    store = schedules.store
-    for name, next_ms in (("c", 3_000), ("a", 1_000), ("b", 2_000)):
-        schedules.run(store.put_schedule(spec(name), 0, next_ms))
-
-    assert schedules.run(store.due_schedules(2_000, 10)) == ["a", "b"]
-    page, more = schedules.run(store.list_schedules("", 2))
-    assert [s.id for s in page] == ["a", "b"] and more
-    page, more = schedules.run(store.list_schedules("b", 2))
-    assert [s.id for s in page] == ["c"] and not more
-    assert schedules.run(store.schedule_count()) == 3

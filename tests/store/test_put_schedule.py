@@ -67,3 +67,16 @@ def test_put_with_a_new_trigger_takes_the_new_ticks(schedules: ScheduleHarness) 
     assert schedule.spec.interval_ms == 0 and schedule.spec.description == ""
     assert "every" not in schedules.hash("a") and "desc" not in schedules.hash("a")
     assert schedules.due() == [("a", 60_000)]
+
+
+def test_put_schedules_are_due_by_next_tick_and_listed_by_id(schedules: ScheduleHarness) -> None:
+    store = schedules.store
+    for name, next_ms in (("c", 3_000), ("a", 1_000), ("b", 2_000)):
+        schedules.run(store.put_schedule(spec(name), 0, next_ms))
+
+    assert schedules.run(store.due_schedules(2_000, 10)) == ["a", "b"]
+    page, last = schedules.run(store.list_schedules("", 2))
+    assert [s.id for s in page] == ["a", "b"] and last == "b"
+    page, last = schedules.run(store.list_schedules("b", 2))
+    assert [s.id for s in page] == ["c"] and last == ""
+    assert schedules.run(store.schedule_count()) == 3
