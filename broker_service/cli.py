@@ -25,8 +25,9 @@ commands:
   wait       wait for a task          cancel  cancel a task
   list       list a queue's tasks
   queue      queue limits, show, list: a queue's limits and counts
+  schedule   periodic schedules: create, list, show, pause, resume, delete
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,8 @@ class Settings:
     redis_timeout_seconds: float = 5.0
     redis_max_connections: int = 256
     log_level: str = "INFO"
+    schedule_interval_seconds: float = 0.25
+    schedule_grace_seconds: float = 5.0
 
     @property
     def heartbeat_interval(self) -> float:
@@ -67,6 +69,9 @@ _HELP = {
     "redis_timeout_seconds": "socket timeout of Redis calls",
     "redis_max_connections": "Redis connections per broker; calls beyond wait for one (up to the Redis timeout)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "schedule_interval_seconds": "how often due schedules are looked for",
+    "schedule_grace_seconds": "a schedule tick later than this (brokers down) counts as missed and follows the "
+                              "schedule's missed-tick policy",
 }
 
 

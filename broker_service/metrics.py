@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Run times reach an hour and beyond: tasks are often long.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
+# How late a tick's task was submitted: a pass every quarter second, hours after a downtime.
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400)
 
 
@@ -52,3 +54,14 @@ class Metrics:
         self.lease_deferrals = Counter("conveyor_lease_deferrals",
                                        "Lease calls that left ready tasks waiting because of a queue limit "
                                        "(rate, max_running).", ["queue", "limit"], registry=r)
+        # Schedules.
+        self.schedule_ticks_fired = Counter("conveyor_schedule_ticks_fired",
+                                            "Schedule ticks that submitted their task, by target queue.",
+                                            ["queue"], registry=r)
+        self.schedule_ticks_skipped = Counter("conveyor_schedule_ticks_skipped",
+                                              "Missed schedule ticks not submitted (missed-tick policy).",
+                                              ["queue"], registry=r)
+        self.schedule_fire_lag = Histogram("conveyor_schedule_fire_lag_seconds",
+                                           "Time from a tick to the submission of its task.",
+                                           buckets=LAG_BUCKETS, registry=r)
+        self.schedules = Gauge("conveyor_schedules", "Schedules defined (paused ones included).", registry=r)

@@ -40,6 +40,7 @@ from broker_service.loops.janitor import Janitor
 from broker_service.loops.promoter import Promoter
 from broker_service.loops.readiness import Readiness
 from broker_service.loops.reaper import Reaper
+from broker_service.loops.scheduler import Scheduler
 from broker_service.metrics import Metrics
 from broker_service.store.embedded import EmbeddedRedis
 from broker_service.store.store import Store
@@ -155,6 +156,7 @@ class Broker:
             Reaper(store, self.metrics, s.reap_interval_seconds),
             Promoter(store, s.promote_interval_seconds),
             Janitor(store, self.metrics, interval=5.0),
+            Scheduler(store, self.metrics, s.schedule_interval_seconds, s.schedule_grace_seconds),
         ]
         for loop in self._loops:
             loop.start()

@@ -16,6 +16,7 @@ from client_sdk._errors import (
 )
 from client_sdk._models import RemoteError, RetryPolicy, TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, signature, task
 
 __all__ = [
@@ -26,11 +27,13 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "MissedTicks",
     "NotFoundError",
     "QueueInfo",
     "QueueLimits",
     "RemoteError",
     "RetryPolicy",
+    "ScheduleInfo",
     "Signature",
     "TaskCancelledError",
     "TaskDefinition",

@@ -6,18 +6,20 @@ import asyncio
 import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
 from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
 
-from client_sdk import _convert, _queues
+from client_sdk import _convert, _queues, _schedules
 from client_sdk._channel import channel_options
 from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, SUBMIT_ATTEMPTS, WAIT_RECONNECTS
 from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["AsyncClient", "AsyncTaskHandle"]
@@ -395,6 +397,68 @@ class AsyncClient:
         response: admin_service_pb2.ListQueuesResponse = await self._call(
             "ListQueues", admin_service_pb2.ListQueuesRequest(), timeout, admin=True)
         return [_queues.queue_info(q) for q in response.queues]
+
+    # Schedules (AdminService).
+
+    async def put_schedule(self, schedule_id: str, task: TaskDefinition[Any, Any] | Signature | str, *,
+                           cron: str | None = None, every: float | timedelta | None = None, timezone: str = "",
+                           missed: MissedTicks | str = MissedTicks.FIRE_ONCE, description: str = "",
+                           timeout: float | None = None) -> ScheduleInfo:
+        """Creates or replaces a schedule; see `Client.put_schedule`.
+
+        Args:
+            schedule_id: The schedule's id.
+            task: A signature, a task definition (no arguments) or a bare task name.
+            cron: A cron expression. Exclusive with ``every``.
+            every: A fixed interval, as a timedelta or seconds.
+            timezone: IANA zone the cron expression is read in; empty means UTC.
+            missed: ``"fire-once"`` (default), ``"skip"`` or ``"catch-up"``.
+            description: Free text.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The schedule as stored, with its next tick.
+        """
+        trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, description=description)
+        response: admin_service_pb2.PutScheduleResponse = await self._call(
+            "PutSchedule", _schedules.put_request(schedule_id, task, trigger), timeout, admin=True)
+        return _schedules.schedule_info(response.schedule)
+
+    async def get_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Reads one schedule; see `Client.get_schedule`."""
+        response: admin_service_pb2.GetScheduleResponse = await self._call(
+            "GetSchedule", admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout, admin=True)
+        return _schedules.schedule_info(response.schedule)
+
+    async def list_schedules(self, page_size: int = 100, *,
+                             timeout: float | None = None) -> AsyncIterator[ScheduleInfo]:
+        """Lists every schedule by id; see `Client.list_schedules`."""
+        request = admin_service_pb2.ListSchedulesRequest(page_size=page_size)
+        while True:
+            response: admin_service_pb2.ListSchedulesResponse = await self._call(
+                "ListSchedules", request, timeout, admin=True)
+            for message in response.schedules:
+                yield _schedules.schedule_info(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def pause_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Pauses a schedule; see `Client.pause_schedule`."""
+        response: admin_service_pb2.PauseScheduleResponse = await self._call(
+            "PauseSchedule", admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout, admin=True)
+        return _schedules.schedule_info(response.schedule)
+
+    async def resume_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Resumes a schedule; see `Client.resume_schedule`."""
+        response: admin_service_pb2.ResumeScheduleResponse = await self._call(
+            "ResumeSchedule", admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout, admin=True)
+        return _schedules.schedule_info(response.schedule)
+
+    async def delete_schedule(self, schedule_id: str, *, timeout: float | None = None) -> None:
+        """Deletes a schedule; see `Client.delete_schedule`."""
+        await self._call("DeleteSchedule", admin_service_pb2.DeleteScheduleRequest(id=schedule_id), timeout,
+                         admin=True)
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel.

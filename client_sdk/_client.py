@@ -5,13 +5,14 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
 from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
 
-from client_sdk import _convert, _queues
+from client_sdk import _convert, _queues, _schedules
 from client_sdk._channel import channel_options
 from client_sdk._errors import (
     DeadlineExceededError,
@@ -21,6 +22,7 @@ from client_sdk._errors import (
 )
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["Client", "TaskHandle"]
@@ -426,6 +428,100 @@ class Client:
         response: admin_service_pb2.ListQueuesResponse = self._call(
             self._admin.ListQueues, admin_service_pb2.ListQueuesRequest(), timeout)
         return [_queues.queue_info(q) for q in response.queues]
+
+    # Schedules (AdminService).
+
+    def put_schedule(self, schedule_id: str, task: TaskDefinition[Any, Any] | Signature | str, *,
+                     cron: str | None = None, every: float | timedelta | None = None, timezone: str = "",
+                     missed: MissedTicks | str = MissedTicks.FIRE_ONCE, description: str = "",
+                     timeout: float | None = None) -> ScheduleInfo:
+        """Creates a schedule, or replaces the one with the same id (keeping its paused state and,
+        when the trigger is unchanged, its next tick).
+
+        Each tick submits the task with an idempotency key ``schedule:<id>:<tick ms>``, exactly once
+        however many broker replicas run.
+
+        Args:
+            schedule_id: 1 to 128 of letters, digits, ``_ - . :``.
+            task: A signature (``add.s(1, 2)``, arguments and options included), a task definition
+                (no arguments) or a bare task name (queue "default").
+            cron: A cron expression: five fields, or six with seconds last. Exclusive with ``every``.
+            every: A fixed interval, as a timedelta or seconds (1 s to 366 days).
+            timezone: IANA zone the cron expression is read in; empty means UTC.
+            missed: What to do with missed ticks: ``"fire-once"`` (default), ``"skip"`` or ``"catch-up"``.
+            description: Free text, at most 1024 characters.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The schedule as stored, with its next tick.
+
+        Raises:
+            ValueError: If not exactly one of ``cron`` and ``every`` is given.
+            InvalidArgumentError: If the broker refused a field (``schedule.cron``, ``schedule.time_zone``...).
+        """
+        trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, description=description)
+        response: admin_service_pb2.PutScheduleResponse = self._call(
+            self._admin.PutSchedule, _schedules.put_request(schedule_id, task, trigger), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    def get_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Reads one schedule.
+
+        Raises:
+            NotFoundError: If there is no such schedule.
+        """
+        response: admin_service_pb2.GetScheduleResponse = self._call(
+            self._admin.GetSchedule, admin_service_pb2.GetScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    def list_schedules(self, page_size: int = 100, *, timeout: float | None = None) -> Iterator[ScheduleInfo]:
+        """Lists every schedule by id, fetching pages as it goes.
+
+        Args:
+            page_size: Schedules per call, 1 to 1000.
+            timeout: Deadline of each page's call, in seconds; default the client's.
+
+        Yields:
+            The schedules, each with its next tick.
+        """
+        request = admin_service_pb2.ListSchedulesRequest(page_size=page_size)
+        while True:
+            response: admin_service_pb2.ListSchedulesResponse = self._call(
+                self._admin.ListSchedules, request, timeout)
+            for message in response.schedules:
+                yield _schedules.schedule_info(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def pause_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Stops a schedule from firing until it is resumed (pausing twice changes nothing).
+
+        Raises:
+            NotFoundError: If there is no such schedule.
+        """
+        response: admin_service_pb2.PauseScheduleResponse = self._call(
+            self._admin.PauseSchedule, admin_service_pb2.PauseScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    def resume_schedule(self, schedule_id: str, *, timeout: float | None = None) -> ScheduleInfo:
+        """Lets a paused schedule fire again; the ticks it missed follow its missed-tick policy.
+
+        Raises:
+            NotFoundError: If there is no such schedule.
+        """
+        response: admin_service_pb2.ResumeScheduleResponse = self._call(
+            self._admin.ResumeSchedule, admin_service_pb2.ResumeScheduleRequest(id=schedule_id), timeout)
+        return _schedules.schedule_info(response.schedule)
+
+    def delete_schedule(self, schedule_id: str, *, timeout: float | None = None) -> None:
+        """Deletes a schedule; the tasks it submitted are left alone.
+
+        Raises:
+            NotFoundError: If there is no such schedule.
+        """
+        self._call(self._admin.DeleteSchedule, admin_service_pb2.DeleteScheduleRequest(id=schedule_id),
+                   timeout)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

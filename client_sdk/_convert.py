@@ -199,7 +199,7 @@ def task_info(message: task_pb2.Task) -> TaskInfo:
         result=message.result, result_content_type=message.result_content_type, error=error,
         reason=message.reason, cancel_requested=message.cancel_requested, progress=message.progress,
         progress_message=message.progress_message, worker_id=message.worker_id,
-        result_ttl=_span(message, "result_ttl"),
+        result_ttl=_span(message, "result_ttl"), schedule_id=message.schedule_id,
         idempotency_key=message.idempotency_key, unique_key=message.unique_key,
         concurrency_key=message.concurrency_key, concurrency_limit=message.concurrency_limit,
     )

@@ -140,6 +140,7 @@ class TaskInfo:
         unique_key: The unique key it holds while waiting or running, or ``""``.
         concurrency_key: The concurrency key that limits how many such tasks run at once, or ``""``.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once (0 without a key).
+        schedule_id: The schedule whose tick submitted the task, or ``""``.
     """
 
     id: str
@@ -172,6 +173,7 @@ class TaskInfo:
     unique_key: str = ""
     concurrency_key: str = ""
     concurrency_limit: int = 0
+    schedule_id: str = ""
 
     @property
     def max_attempts(self) -> int:

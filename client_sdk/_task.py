@@ -7,8 +7,10 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+from client_sdk._schedule_models import SCHEDULE_ID_PATTERN, MissedTicks, Trigger
 
 __all__ = ["OptionOverrides", "Signature", "TaskDefinition", "TaskOptions", "signature", "task"]
 
@@ -252,16 +254,19 @@ class TaskDefinition(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
-                 options: TaskOptions | None = None) -> None:
+                 options: TaskOptions | None = None, schedule: Trigger | None = None) -> None:
         """Wraps a function.
 
         Args:
             fn: The function to run.
             name: The task name; default ``fn.__module__ + "." + fn.__qualname__``.
             options: Default options; default ``TaskOptions()``.
+            schedule: When to submit it periodically (a worker running it puts the schedule when
+                it starts); None for no schedule.
 
         Raises:
             TypeError: If ``fn`` is not callable.
+            ValueError: If the schedule needs an explicit id (the task name is not a valid one).
         """
         if not callable(fn):
             raise TypeError(f"task() needs a callable, got {fn!r}")
@@ -270,7 +275,16 @@ class TaskDefinition(Generic[P, R]):
         if not isinstance(self.name, str):
             raise TypeError(f"task name must be a string, got {self.name!r}")
         self.options = options if options is not None else TaskOptions()
+        self.schedule = schedule
+        if schedule is not None and schedule.schedule_id is None and not SCHEDULE_ID_PATTERN.fullmatch(self.name):
+            raise ValueError(f"task {self.name!r}: its name is not a valid schedule id; give schedule_id=")
         self._parameters = inspect.signature(fn)
+        if schedule is not None:
+            try:
+                self._parameters.bind()
+            except TypeError:
+                raise ValueError(f"task {self.name!r}: a scheduled task is submitted without arguments, "
+                                 "so none of its parameters may be required") from None
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             if hasattr(fn, attr):
                 setattr(self, attr, getattr(fn, attr))
@@ -309,7 +323,15 @@ class TaskDefinition(Generic[P, R]):
         Returns:
             The new definition; this one is unchanged.
         """
-        return TaskDefinition(self.fn, name=self.name, options=self.options.replace(**overrides))
+        return TaskDefinition(self.fn, name=self.name, options=self.options.replace(**overrides),
+                              schedule=self.schedule)
+
+    @property
+    def schedule_id(self) -> str | None:
+        """The id of this task's schedule (default: the task name), or None without a schedule."""
+        if self.schedule is None:
+            return None
+        return self.schedule.schedule_id or self.name
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name!r} queue={self.options.queue!r}>"
@@ -339,6 +361,11 @@ def task(
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "",
+    missed: MissedTicks | str = MissedTicks.FIRE_ONCE,
+    schedule_id: str | None = None,
 ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
 
 
@@ -363,6 +390,11 @@ def task(
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "",
+    missed: MissedTicks | str = MissedTicks.FIRE_ONCE,
+    schedule_id: str | None = None,
 ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
     """Registers a function as a task; works bare (``@task``) or with options (``@task(...)``).
 
@@ -390,6 +422,12 @@ def task(
         concurrency_key: Runs at most ``concurrency_limit`` tasks with this key at once, e.g. a
             customer id given per call with ``with_options(concurrency_key=...)``.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once.
+        cron: Submit the task (without arguments) on this cron schedule: five fields, or six with
+            seconds last. A worker running the task puts the schedule when it starts.
+        every: Submit the task every so often instead (a timedelta, or seconds; at least 1 s).
+        timezone: IANA zone ``cron`` is read in; empty means UTC.
+        missed: What the schedule does with missed ticks: ``"fire-once"``, ``"skip"`` or ``"catch-up"``.
+        schedule_id: The schedule's id; default the task name.
 
     Returns:
         The `TaskDefinition` (bare use), or a decorator that makes one.
@@ -404,8 +442,11 @@ def task(
         idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl, unique_key=unique_key,
         concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
     )
+    trigger = None
+    if cron is not None or every is not None:
+        trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, schedule_id=schedule_id)
 
     def decorate(function: Callable[P, R]) -> TaskDefinition[P, R]:
-        return TaskDefinition(function, name=name, options=options)
+        return TaskDefinition(function, name=name, options=options, schedule=trigger)
 
     return decorate if fn is None else decorate(fn)

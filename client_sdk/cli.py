@@ -1,4 +1,4 @@
-"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list and queue, printing JSON lines."""
+"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list, queue and schedule, printing JSON lines."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from client_sdk._errors import (
 )
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo
+from client_sdk._schedule_models import MissedTicks, ScheduleInfo
 from client_sdk._task import signature
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue")
+COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
 DEFAULT_BROKER = "localhost:50051"
 BROKER_ENV = "CONVEYOR_BROKER"
 
@@ -86,7 +87,8 @@ def info_json(info: TaskInfo) -> dict[str, Any]:
     if info.error is not None:
         out["error"] = {"type": info.error.type, "message": info.error.message,
                         "traceback": info.error.traceback, "retryable": info.error.retryable}
-    for name in ("reason", "worker_id", "progress_message", "idempotency_key", "unique_key", "concurrency_key"):
+    for name in ("reason", "worker_id", "progress_message", "idempotency_key", "unique_key", "concurrency_key",
+                 "schedule_id"):
         if getattr(info, name):
             out[name] = getattr(info, name)
     if info.concurrency_key:
@@ -206,6 +208,104 @@ def _queue(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def schedule_json(info: ScheduleInfo) -> dict[str, Any]:
+    """The JSON form of a schedule printed by the CLI."""
+    out: dict[str, Any] = {"id": info.id, "task": info.task_name, "queue": info.queue}
+    if info.cron is not None:
+        out["cron"] = info.cron
+        out["timezone"] = info.timezone or "UTC"
+    if info.every is not None:
+        out["every"] = info.every.total_seconds()
+    out["missed"] = info.missed.label
+    out["paused"] = info.paused
+    if payload := _body(info.payload, info.content_type):
+        out["payload"] = payload
+    for name in ("next_fire_at", "last_fire_at", "created_at", "updated_at"):
+        value = getattr(info, name)
+        if value is not None:
+            out[name] = _jsonable(value)
+    out["fire_count"] = info.fire_count
+    if info.last_task_id:
+        out["last_task_id"] = info.last_task_id
+    if info.description:
+        out["description"] = info.description
+    return out
+
+
+def _schedule_create(client: Client, args: argparse.Namespace) -> int:
+    sig = signature(args.task, *_json_arg(args.args, list, "--args"),
+                    **_json_arg(args.kwargs, dict, "--kwargs")).with_options(queue=args.queue)
+    info = client.put_schedule(args.id, sig, cron=args.cron, every=args.every, timezone=args.tz,
+                               missed=args.missed, description=args.description)
+    _emit(schedule_json(info))
+    return EXIT_OK
+
+
+def _schedule_list(client: Client, args: argparse.Namespace) -> int:
+    for info in client.list_schedules(args.page_size):
+        _emit(schedule_json(info))
+    return EXIT_OK
+
+
+def _schedule_show(client: Client, args: argparse.Namespace) -> int:
+    _emit(schedule_json(client.get_schedule(args.id)))
+    return EXIT_OK
+
+
+def _schedule_pause(client: Client, args: argparse.Namespace) -> int:
+    _emit(schedule_json(client.pause_schedule(args.id)))
+    return EXIT_OK
+
+
+def _schedule_resume(client: Client, args: argparse.Namespace) -> int:
+    _emit(schedule_json(client.resume_schedule(args.id)))
+    return EXIT_OK
+
+
+def _schedule_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete_schedule(args.id)
+    _emit({"id": args.id, "deleted": True})
+    return EXIT_OK
+
+
+def _add_schedule_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                           common: argparse.ArgumentParser) -> None:
+    """`conveyor schedule create|list|show|pause|resume|delete`."""
+    group = sub.add_parser("schedule", parents=[common], help="manage periodic schedules",
+                           description="Create, list, show, pause, resume and delete periodic schedules.",
+                           epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, helptext: str, run: Callable[[Client, argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(
+            name, parents=[common], help=helptext, description=helptext, epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(run=run)
+        return p
+
+    p = action("create", "create a schedule, or replace the one with the same id", _schedule_create)
+    p.add_argument("id", help="schedule id: 1 to 128 of letters, digits, _ - . :")
+    p.add_argument("--task", required=True, help="task name, e.g. myapp.tasks.cleanup")
+    p.add_argument("--queue", default="default", help="queue [default: default]")
+    trigger = p.add_mutually_exclusive_group(required=True)
+    trigger.add_argument("--cron", help='cron expression, e.g. "*/5 * * * *" (six fields: seconds last)')
+    trigger.add_argument("--every", type=_positive, help="fixed interval in seconds (at least 1)")
+    p.add_argument("--tz", default="", help="IANA time zone of --cron, e.g. Europe/Paris [default UTC]")
+    p.add_argument("--args", help="positional arguments of every tick's task, a JSON array")
+    p.add_argument("--kwargs", help="keyword arguments of every tick's task, a JSON object")
+    p.add_argument("--missed", default="fire-once", choices=[m.label for m in MissedTicks],
+                   help="what to do with missed ticks [default fire-once]")
+    p.add_argument("--description", default="", help="free text shown with the schedule")
+
+    p = action("list", "list every schedule with its next fire time", _schedule_list)
+    p.add_argument("--page-size", type=int, default=100, help="schedules per call, 1 to 1000 [default 100]")
+    for name, helptext, run in (("show", "print a schedule", _schedule_show),
+                                ("pause", "stop a schedule from firing", _schedule_pause),
+                                ("resume", "let a paused schedule fire again", _schedule_resume),
+                                ("delete", "delete a schedule (its tasks stay)", _schedule_delete)):
+        action(name, helptext, run).add_argument("id", help="schedule id")
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -277,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     show = actions.add_parser("show", parents=[common], help="print a queue: limits and task counts")
     show.add_argument("queue", help="queue name")
     actions.add_parser("list", parents=[common], help="print every queue")
+    _add_schedule_commands(sub, common)
     return top
 
 

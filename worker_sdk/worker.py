@@ -20,6 +20,7 @@ import grpc
 from client_sdk import TaskDefinition, task
 from worker_sdk._engine import WORKER_SHUTDOWN, Engine
 from worker_sdk._runner import Free, Report, Runner
+from worker_sdk._schedules import put_declared
 from worker_sdk._session import Identity, Session, StreamBroken, backoff_delays
 from worker_sdk.errors import WorkerError
 
@@ -255,14 +256,22 @@ class Worker:
                     len(self._registry))
         connection = asyncio.create_task(self._connect_forever(engine, identity, closing), name="conveyor-connect")
         stopping = asyncio.create_task(self._stop_event.wait(), name="conveyor-stop")
+        schedules = asyncio.create_task(put_declared(self._registry, self._broker, self._credentials),
+                                        name="conveyor-schedules")
         try:
-            await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({connection, stopping, schedules}, return_when=asyncio.FIRST_COMPLETED)
+            if schedules.done() and not stopping.done():
+                schedules.result()  # a schedule the broker refused: raise it
+                await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if connection.done():
                 connection.result()  # a fatal refusal: raise it
             await self._shutdown(engine, closing, connection)
         finally:
             stopping.cancel()
             connection.cancel()
+            schedules.cancel()
+            if schedules.done() and not schedules.cancelled():
+                schedules.exception()  # retrieved: raised above, or moot once stopping
             engine.runner.shutdown()
             self._loop = self._stop_event = None
             self._stop_requested = False

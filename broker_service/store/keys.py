@@ -142,3 +142,29 @@ class GlobalKeys:
 
     def queue(self, name: str) -> QueueKeys:
         return QueueKeys(self.namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleKeys:
+    """The keys of every schedule. All share the hash tag `{<namespace>::schedules}` (one slot); the
+    double colon keeps it apart from any queue's tag, since queue names hold no ':'."""
+
+    namespace: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.namespace}::schedules}}"
+
+    def schedule(self, schedule_id: str) -> str:
+        """HASH per schedule: its spec and state (fields in KEYS.md)."""
+        return f"{self.tag}:s:{schedule_id}"
+
+    @property
+    def due(self) -> str:
+        """ZSET of active (not paused) schedules: member id, score next fire ms."""
+        return f"{self.tag}:due"
+
+    @property
+    def ids(self) -> str:
+        """ZSET of every schedule id, all scored 0, so ZRANGEBYLEX pages them by id."""
+        return f"{self.tag}:ids"

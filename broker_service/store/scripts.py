@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError
 
 from broker_service.domain import DEFAULT_CONTENT_TYPE, Completion, Failure, Lease, NewTask
 from broker_service.store.errors import redis_errors
-from broker_service.store.keys import QueueKeys
+from broker_service.store.keys import QueueKeys, ScheduleKeys
 from broker_service.store.records import headers_to
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
     "list_page": ("index", "task_prefix"),
     "set_limits": ("limits", "events"),
+    # Schedules: ScheduleKeys attributes; `schedule` (one schedule's hash) the wrapper passes itself.
+    "put_schedule": ("schedule", "due", "ids"),
+    "pause_schedule": ("schedule", "due"),
+    "resume_schedule": ("schedule", "due"),
+    "delete_schedule": ("schedule", "due", "ids"),
+    "advance_schedule": ("schedule", "due"),
 }
 
 Arg = str | bytes | int | float
@@ -70,7 +76,7 @@ def read_scripts() -> dict[str, Script]:
     return scripts
 
 
-def script_keys(name: str, queue: QueueKeys, extra: Mapping[str, str] | None = None) -> list[str]:
+def script_keys(name: str, queue: QueueKeys | ScheduleKeys, extra: Mapping[str, str] | None = None) -> list[str]:
     """The KEYS of script `name` for `queue`, in the order its header lists them."""
     extra = extra or {}
     return [extra[key] if key in extra else str(getattr(queue, key)) for key in SCRIPT_KEYS[name]]
@@ -203,3 +209,31 @@ class Scripts:
     async def set_limits(self, queue: QueueKeys, max_running: int, rate: float, burst: int) -> int:
         args: list[Arg] = [max_running, _num(rate), burst]
         return int(await self.run("set_limits", script_keys("set_limits", queue), args))
+    # Schedules: one hash per schedule plus two indexes, all under the schedules' hash tag.
+
+    async def put_schedule(self, keys: ScheduleKeys, schedule_id: str, task: str, cron: str, tz: str,
+                           every_ms: int, missed: int, desc: str, anchor_ms: int, next_ms: int) -> list[Any]:
+        args: list[Arg] = [schedule_id, task, cron, tz, every_ms, missed, desc, anchor_ms, next_ms]
+        return list(await self.run("put_schedule", self._schedule_keys("put_schedule", keys, schedule_id), args))
+
+    async def pause_schedule(self, keys: ScheduleKeys, schedule_id: str) -> list[Any]:
+        return list(await self.run("pause_schedule", self._schedule_keys("pause_schedule", keys, schedule_id),
+                                   [schedule_id]))
+
+    async def resume_schedule(self, keys: ScheduleKeys, schedule_id: str) -> list[Any]:
+        return list(await self.run("resume_schedule", self._schedule_keys("resume_schedule", keys, schedule_id),
+                                   [schedule_id]))
+
+    async def delete_schedule(self, keys: ScheduleKeys, schedule_id: str) -> int:
+        return int(await self.run("delete_schedule", self._schedule_keys("delete_schedule", keys, schedule_id),
+                                  [schedule_id]))
+
+    async def advance_schedule(self, keys: ScheduleKeys, schedule_id: str, expected_ms: int, next_ms: int,
+                               fired: int, last_ms: int, last_task: str) -> int:
+        args: list[Arg] = [schedule_id, expected_ms, next_ms, fired, last_ms, last_task]
+        return int(await self.run("advance_schedule", self._schedule_keys("advance_schedule", keys, schedule_id),
+                                  args))
+
+    @staticmethod
+    def _schedule_keys(name: str, keys: ScheduleKeys, schedule_id: str) -> list[str]:
+        return script_keys(name, keys, {"schedule": keys.schedule(schedule_id)})

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -36,8 +38,9 @@ from broker_service.domain import (
     TaskRecord,
     TaskState,
 )
+from broker_service.schedule import Schedule, ScheduleNotFoundError, ScheduleSpec
 from broker_service.store.errors import redis_errors
-from broker_service.store.keys import GlobalKeys, QueueKeys
+from broker_service.store.keys import GlobalKeys, QueueKeys, ScheduleKeys
 from broker_service.store.records import (
     LIST_FIELDS,
     leased_from_reply,
@@ -45,6 +48,7 @@ from broker_service.store.records import (
     record_from_hash,
     text,
 )
+from broker_service.store.schedules import schedule_from_hash, schedule_from_reply, template_json
 from broker_service.store.scripts import Scripts
 
 _CURSOR_VERSION = "1"
@@ -344,6 +348,92 @@ class Store:
                 sizes = await pipe.execute()
         return {state: int(size) for state, size in zip(states, sizes, strict=True)}
 
+    # Schedules: each transition one script on the schedules' slot (see schedule.py for the ticks).
+
+    @property
+    def schedule_keys(self) -> ScheduleKeys:
+        return ScheduleKeys(self.keys.namespace)
+
+    async def now_ms(self) -> int:
+        """Redis TIME in milliseconds: the clock schedules are computed against."""
+        with redis_errors():
+            seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def put_schedule(self, spec: ScheduleSpec, anchor_ms: int, next_ms: int) -> tuple[Schedule, bool]:
+        """Creates or replaces a schedule (put_schedule.lua); answers it as stored and whether it is new.
+
+        A replaced schedule keeps its paused state and counters, and its next fire time when the
+        trigger (cron, zone, interval) is unchanged; otherwise `anchor_ms` and `next_ms` apply.
+        """
+        reply = await self.scripts.put_schedule(
+            self.schedule_keys, spec.id, template_json(spec.task), spec.cron, spec.time_zone if spec.cron else "",
+            spec.interval_ms, int(spec.missed), spec.description, anchor_ms, next_ms)
+        return schedule_from_reply(spec.id, reply[1:]), int(reply[0]) == 1
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """Reads one schedule (HGETALL). Raises ScheduleNotFoundError."""
+        with redis_errors():
+            raw = await self.redis.hgetall(self.schedule_keys.schedule(schedule_id))
+        if not raw:
+            raise ScheduleNotFoundError(f"schedule {schedule_id}")
+        return schedule_from_hash(schedule_id, raw)
+
+    async def list_schedules(self, after: str, count: int) -> tuple[list[Schedule], str]:
+        """Up to `count` schedules by id, after the id `after` ('' from the start), and the id to
+        list on from ('' on the last page)."""
+        keys = self.schedule_keys
+        start = b"(" + after.encode() if after else b"-"
+        with redis_errors():
+            members: list[Any] = await self.redis.zrangebylex(keys.ids, start, b"+", 0, count + 1)
+            ids = [text(i) for i in members]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for schedule_id in ids[:count]:
+                    pipe.hgetall(keys.schedule(schedule_id))
+                hashes = await pipe.execute()
+        found = [schedule_from_hash(i, raw) for i, raw in zip(ids, hashes, strict=False) if raw]
+        return found, ids[count - 1] if len(ids) > count else ""
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Pauses a schedule (pause_schedule.lua). Raises ScheduleNotFoundError."""
+        with _schedule_errors(schedule_id):
+            reply = await self.scripts.pause_schedule(self.schedule_keys, schedule_id)
+        return schedule_from_reply(schedule_id, reply)
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Resumes a schedule (resume_schedule.lua); ticks missed meanwhile follow its policy."""
+        with _schedule_errors(schedule_id):
+            reply = await self.scripts.resume_schedule(self.schedule_keys, schedule_id)
+        return schedule_from_reply(schedule_id, reply)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Deletes a schedule (delete_schedule.lua). Raises ScheduleNotFoundError."""
+        with _schedule_errors(schedule_id):
+            await self.scripts.delete_schedule(self.schedule_keys, schedule_id)
+
+    async def due_schedules(self, now_ms: int, limit: int) -> list[str]:
+        """Ids of active schedules whose next fire time is at or before `now_ms`, soonest first."""
+        with redis_errors():
+            ids: list[Any] = await self.redis.zrangebyscore(self.schedule_keys.due, "-inf", now_ms, start=0,
+                                                              num=limit)
+        return [text(i) for i in ids]
+
+    async def advance_schedule(self, schedule_id: str, expected_ms: int, next_ms: int, fired: list[int],
+                               last_task_id: str) -> bool:
+        """Moves a schedule from `expected_ms` to `next_ms` after a pass submitted `fired` ticks.
+
+        A compare-and-set (advance_schedule.lua): False when another pass (or a put, pause or
+        delete) changed the schedule first.
+        """
+        last = fired[-1] if fired else 0
+        won = await self.scripts.advance_schedule(self.schedule_keys, schedule_id, expected_ms, next_ms,
+                                                  len(fired), last, last_task_id if fired else "")
+        return won == 1
+
+    async def schedule_count(self) -> int:
+        """How many schedules exist."""
+        with redis_errors():
+            return int(await self.redis.zcard(self.schedule_keys.ids))
 
     # Queues and their limits ---------------------------------------------------------------
 
@@ -382,6 +472,15 @@ class Store:
         """How many tasks of the queue are held back by their concurrency key."""
         with redis_errors():
             return int(await self.redis.zcard(self.queue_keys(queue).held))
+
+
+@contextlib.contextmanager
+def _schedule_errors(schedule_id: str) -> Iterator[None]:
+    """A script's NOT_FOUND reply, for a schedule, as ScheduleNotFoundError."""
+    try:
+        yield
+    except TaskNotFoundError:
+        raise ScheduleNotFoundError(f"schedule {schedule_id}") from None
 
 
 def _encode_cursor(queue: str, state: TaskState, last: tuple[str, str]) -> str:

@@ -84,3 +84,49 @@ def harness(redis_server: RedisProcess, redis_client: redis.Redis, queue_name: s
         h.close()
         loop.run_until_complete(client.aclose())
         loop.close()
+
+
+# --- Schedules -----------------------------------------------------------------------------------
+
+_schedule_namespaces = iter(range(1_000_000))
+
+
+@dataclass
+class ScheduleHarness:
+    """A Store on a key namespace of this test alone (schedules share one slot per namespace)."""
+
+    store: Store
+    redis: redis.Redis
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wrapper() -> T:
+            return await asyncio.wait_for(awaitable, 10)
+
+        return self.loop.run_until_complete(wrapper())
+
+    def hash(self, schedule_id: str) -> dict[str, str]:
+        raw: Any = self.redis.hgetall(self.store.schedule_keys.schedule(schedule_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def due(self) -> list[tuple[str, int]]:
+        raw: Any = self.redis.zrange(self.store.schedule_keys.due, 0, -1, withscores=True)
+        return [(m.decode(), int(s)) for m, s in raw]
+
+    def ids(self) -> list[str]:
+        raw: Any = self.redis.zrange(self.store.schedule_keys.ids, 0, -1)
+        return [m.decode() for m in raw]
+
+
+@pytest.fixture
+def schedules(redis_server: RedisProcess, redis_client: redis.Redis) -> Iterator[ScheduleHarness]:
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=5)
+    store = Store(client, namespace=f"sched{next(_schedule_namespaces)}")
+    h = ScheduleHarness(store, redis_client, loop)
+    try:
+        h.run(store.load_scripts())
+        yield h
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()

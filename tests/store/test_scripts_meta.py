@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker_service.domain import Completion, Failure, Lease, TaskError
-from broker_service.store.keys import QueueKeys
+from broker_service.store.keys import QueueKeys, ScheduleKeys
 from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
 from tests.store.helpers import new_task
 
@@ -22,6 +22,8 @@ ARGV_LINE = re.compile(r"^-- ARGV\[(\d+)\] (\w+) +(\S+) +\S")
 ARGV_ITEMS = re.compile(r"^-- ARGV\[(\d+)\.\.\] (\d+) per \w+:$")
 QUEUE = QueueKeys("conveyor", "meta")
 LEASE = Lease("01HAAAAAAAAAAAAAAAAAAAAAAA", 3)
+SCHEDULES = ScheduleKeys("conveyor")
+SCHEDULE_SCRIPTS = frozenset(name for name in SCRIPT_KEYS if name.endswith("_schedule"))
 
 
 class Header:
@@ -89,7 +91,8 @@ class RecordingScripts(Scripts):
 
     async def run(self, name: str, keys: Any, args: Any) -> Any:
         self.calls.append((name, list(keys), list(args)))
-        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "set_limits": 0}.get(name, [])
+        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "set_limits": 0,
+                "delete_schedule": 1, "advance_schedule": 1}.get(name, [])
 
 
 def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
@@ -113,6 +116,11 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "trim": lambda: scripts.trim(QUEUE, 10),
         "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
         "set_limits": lambda: scripts.set_limits(QUEUE, 5, 2.5, 10),
+        "put_schedule": lambda: scripts.put_schedule(SCHEDULES, "s", "{}", "* * * * *", "", 0, 1, "", 0, 60_000),
+        "pause_schedule": lambda: scripts.pause_schedule(SCHEDULES, "s"),
+        "resume_schedule": lambda: scripts.resume_schedule(SCHEDULES, "s"),
+        "delete_schedule": lambda: scripts.delete_schedule(SCHEDULES, "s"),
+        "advance_schedule": lambda: scripts.advance_schedule(SCHEDULES, "s", 1, 2, 1, 1, "t"),
     }
     asyncio.run(calls[name]())
 
@@ -126,9 +134,13 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
 
     [(called, keys, args)] = scripts.calls
     assert called == name
-    extra = {"index": QUEUE.queued} if name == "list_page" else None
-    assert keys == script_keys(name, QUEUE, extra)
-    assert all(key.startswith(QUEUE.tag) for key in keys), "every key shares the queue's hash tag"
+    if name in SCHEDULE_SCRIPTS:
+        assert keys == script_keys(name, SCHEDULES, {"schedule": SCHEDULES.schedule("s")})
+        assert all(key.startswith(SCHEDULES.tag) for key in keys), "every key shares the schedules' hash tag"
+    else:
+        extra = {"index": QUEUE.queued} if name == "list_page" else None
+        assert keys == script_keys(name, QUEUE, extra)
+        assert all(key.startswith(QUEUE.tag) for key in keys), "every key shares the queue's hash tag"
     if header.items is not None:
         first, per_item = header.items
         assert first - 1 == len(header.argv)

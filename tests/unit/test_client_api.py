@@ -17,11 +17,13 @@ EXPECTED = {
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "MissedTicks",
     "NotFoundError",
     "QueueInfo",
     "QueueLimits",
     "RemoteError",
     "RetryPolicy",
+    "ScheduleInfo",
     "Signature",
     "TaskCancelledError",
     "TaskDefinition",
@@ -76,7 +78,7 @@ def test_public_signatures_mention_no_protobuf_type() -> None:
 
 
 def test_cli_names_its_commands() -> None:
-    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "queue")
+    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
     assert callable(cli.main)
 
 
