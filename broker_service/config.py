@@ -37,6 +37,11 @@ class Settings:
     redis_timeout_seconds: float = 5.0
     redis_max_connections: int = 256
     log_level: str = "INFO"
+    # Workflows.
+    max_workflow_nodes: int = 1_000
+    workflow_reconcile_seconds: float = 5.0
+    workflow_pending_grace_seconds: float = 30.0
+    workflow_fast_path: int = 1
 
     @property
     def heartbeat_interval(self) -> float:
@@ -67,6 +72,10 @@ _HELP = {
     "redis_timeout_seconds": "socket timeout of Redis calls",
     "redis_max_connections": "Redis connections per broker; calls beyond wait for one (up to the Redis timeout)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "max_workflow_nodes": "most nodes in one workflow",
+    "workflow_reconcile_seconds": "how often the reconciler finishes workflow steps a crash interrupted",
+    "workflow_pending_grace_seconds": "age after which the reconciler checks a pending workflow node",
+    "workflow_fast_path": "1 advances a workflow as soon as a node ends; 0 leaves it to the reconciler",
 }
 
 

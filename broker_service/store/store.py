@@ -15,6 +15,7 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -29,9 +30,16 @@ from broker_service.domain import (
     LeaseState,
     NewTask,
     ReapResult,
+    Settlement,
     TaskNotFoundError,
     TaskRecord,
     TaskState,
+    TaskTerminalError,
+    WorkflowNodeRecord,
+    WorkflowNotFoundError,
+    WorkflowRecord,
+    WorkflowState,
+    WorkflowTerminalError,
 )
 from broker_service.store.errors import redis_errors
 from broker_service.store.keys import GlobalKeys, QueueKeys
@@ -41,6 +49,7 @@ from broker_service.store.records import (
     record_from_fields,
     record_from_hash,
     text,
+    workflow_from_hash,
 )
 from broker_service.store.scripts import Scripts
 
@@ -54,6 +63,17 @@ class EnqueueResult:
     ulid: str
     state: TaskState  # QUEUED or SCHEDULED (an existing ulid: its current state, left untouched)
     duplicate: bool = False  # an idempotency or unique key matched: `ulid` is the existing task's
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLinks:
+    """A task's state and its place in a workflow (empty workflow_id: a lone task)."""
+
+    state: TaskState
+    workflow_id: str
+    node: str
+    parent_ids: tuple[str, ...]
+    result_passing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +323,110 @@ class Store:
                 sizes = await pipe.execute()
         return {state: int(size) for state, size in zip(states, sizes, strict=True)}
 
+
+    # Workflows: the graph under the workflow's own tag, the outbox and pending index per queue.
+
+    async def create_workflow(self, workflow_id: str, name: str, ttl_ms: int,
+                              nodes: list[WorkflowNodeRecord]) -> bool:
+        """Writes the workflow record (create_workflow.lua); False when it already existed."""
+        rows = [(n.name, n.task_id, " ".join(n.parents), " ".join(n.children)) for n in nodes]
+        return await self.scripts.create_workflow(self.keys.workflow(workflow_id), name, ttl_ms, rows) == 1
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
+        """Reads a workflow record (HGETALL). Raises WorkflowNotFoundError."""
+        with redis_errors():
+            raw = await self.redis.hgetall(self.keys.workflow(workflow_id).record)
+        if not raw:
+            raise WorkflowNotFoundError(f"workflow {workflow_id}")
+        return workflow_from_hash(workflow_id, raw)
+
+    async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
+        """Records a node's final state and answers what follows (settle_node.lua); idempotent."""
+        wf_state, ended, ready, cancel = await self.scripts.settle_node(
+            self.keys.workflow(workflow_id), node, state.label)
+        if not wf_state:
+            return Settlement(state=None)
+        return Settlement(state=WorkflowState.from_label(text(wf_state)), ended=int(ended) == 1,
+                          ready=tuple(text(t) for t in ready),
+                          cancel=tuple((text(cancel[i]), text(cancel[i + 1])) for i in range(0, len(cancel), 2)))
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> list[str]:
+        """Ends a running workflow CANCELLED (cancel_workflow.lua); the task ids of its unfinished
+        nodes, which the caller cancels. Raises WorkflowNotFoundError, WorkflowTerminalError."""
+        try:
+            return [text(t) for t in await self.scripts.cancel_workflow(self.keys.workflow(workflow_id), reason)]
+        except TaskNotFoundError:
+            raise WorkflowNotFoundError(f"workflow {workflow_id}") from None
+        except TaskTerminalError as exc:
+            raise WorkflowTerminalError(str(exc)) from None
+
+    async def unblock(self, queue: str, items: list[tuple[str, bytes]]) -> list[str]:
+        """Releases pending nodes of one queue (unblock.lua): per item ("queued", "scheduled") when
+        released now, else the task's current state ("gone" when its record does not exist)."""
+        if not items:
+            return []
+        return [text(a) for a in await self.scripts.unblock(self.queue_keys(queue), items)]
+
+    async def claim_workflow_key(self, key: str, workflow_id: str, ttl_ms: int) -> str:
+        """Maps an idempotency key to `workflow_id` unless it is mapped already; the id it maps to."""
+        name = self.keys.workflow_idempotency(key)
+        with redis_errors():
+            if await self.redis.set(name, workflow_id, nx=True, px=ttl_ms):
+                return workflow_id
+            existing = await self.redis.get(name)
+        return text(existing) if existing is not None else workflow_id
+
+    async def node_links(self, queue: str, ulid: str) -> NodeLinks | None:
+        """A task's state and workflow links; None when its record is gone."""
+        with redis_errors():
+            state, wf, node, parents, rpass = await self.redis.hmget(
+                self.queue_keys(queue).task(ulid), ["state", "wf", "node", "parents", "rpass"])
+        if state is None:
+            return None
+        return NodeLinks(state=TaskState.from_label(text(state)), workflow_id=text(wf), node=text(node),
+                         parent_ids=tuple(text(parents).split()), result_passing=int(rpass or 0))
+
+    async def parent_result(self, queue: str, ulid: str) -> tuple[str, bytes, str]:
+        """(node name, result, result media type) of a finished parent; empty when its record is gone."""
+        with redis_errors():
+            node, result, rtype = await self.redis.hmget(self.queue_keys(queue).task(ulid),
+                                                         ["node", "result", "rtype"])
+        payload = result.encode() if isinstance(result, str) else (result or b"")
+        return text(node), payload, text(rtype)
+
+    async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:
+        """Ulids of a queue's ended workflow nodes whose workflow has not advanced yet, oldest
+        first; with `before_ms`, only those that ended before it (Redis clock)."""
+        high: str | int = "+inf" if before_ms is None else f"({before_ms}"
+        with redis_errors():
+            members: Any = await self.redis.zrangebyscore(self.queue_keys(queue).wf_outbox, "-inf", high,
+                                                                  start=0, num=limit)
+        return [text(m) for m in members]
+
+    async def outbox_done(self, queue: str, ulids: list[str]) -> None:
+        """Drops outbox entries whose workflow has advanced (idempotent)."""
+        if ulids:
+            with redis_errors():
+                await self.redis.zrem(self.queue_keys(queue).wf_outbox, *ulids)
+
+    async def pending_page(self, queue: str, after: tuple[int, str] | None, before_ms: int,
+                           limit: int) -> list[tuple[int, str]]:
+        """(created ms, ulid) of pending nodes created before `before_ms`, after `after` in index
+        order (the reconciler's cursor)."""
+        low: str | int = "-inf" if after is None else after[0]
+        with redis_errors():
+            entries: Any = await self.redis.zrangebyscore(
+                self.queue_keys(queue).pending, low, f"({before_ms}", start=0, num=limit + 1000, withscores=True)
+        out = [(int(score), text(member)) for member, score in entries]
+        if after is not None:
+            out = [e for e in out if e > after]
+        return out[:limit]
+
+    async def time_ms(self) -> int:
+        """Redis's clock, ms."""
+        with redis_errors():
+            seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
 def _encode_cursor(queue: str, state: TaskState, last: tuple[str, str]) -> str:
     score, ulid = last

@@ -6,12 +6,13 @@
 -- KEYS[4] scheduled        ZSET     delayed tasks
 -- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
 -- KEYS[6] events           channel  the queue's pub/sub channel
+-- KEYS[7] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit  int  most deadlines handled by this call
 --
 -- Returns: array of the ulids that ended EXPIRED (reason schedule_to_start, kept `ttl` ms).
 --   A deadline whose task already started or finished is only dropped from the index.
--- Publishes: `expired <ulids>`.
+-- Publishes: `expired <ulids>`. `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -20,6 +21,7 @@ local queued = KEYS[3]
 local scheduled = KEYS[4]
 local expired = KEYS[5]
 local events = KEYS[6]
+local wf_outbox = KEYS[7]
 local limit = tonumber(ARGV[1])
 
 local t = redis.call('TIME')
@@ -32,10 +34,10 @@ local function in_chunks(cmd, key, args)
 end
 
 local due = redis.call('ZRANGEBYSCORE', start_deadlines, '-inf', now, 'LIMIT', 0, limit)
-local ids, from_queued, from_scheduled, to_expired = {}, {}, {}, {}
+local ids, from_queued, from_scheduled, to_expired, wf_done = {}, {}, {}, {}, {}
 for _, ulid in ipairs(due) do
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl')
+  local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl', 'wf')
   local state = f[1]
   if (state == 'queued' or state == 'scheduled' or state == 'pending') and tonumber(f[2] or '0') == 0 then
     local ttl = tonumber(f[3])
@@ -45,6 +47,7 @@ for _, ulid in ipairs(due) do
     redis.call('PEXPIREAT', key, now + ttl)
     to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
     ids[#ids + 1] = ulid
+    if f[4] then wf_done[#wf_done + 1] = ulid end
   end
 end
 
@@ -53,4 +56,11 @@ in_chunks('ZREM', queued, from_queued)
 in_chunks('ZREM', scheduled, from_scheduled)
 in_chunks('ZADD', expired, to_expired)
 if #ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(ids, ' ')) end
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return ids

@@ -7,6 +7,7 @@
 -- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
 -- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
 -- KEYS[7] events       channel  the queue's pub/sub channel
+-- KEYS[8] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] dl_ttl  int  how long a dead-lettered record is kept, ms
 -- ARGV[2] dl_max  int  most tasks kept in the dead-letter set (the oldest are deleted)
@@ -25,7 +26,7 @@
 --   ends FAILED (reason non_retryable / attempts_exhausted); otherwise the retry waits
 --   min(b_max, b_init * b_mult^(attempt-1)) * (1 - b_jit * r) ms (or retry_after), a zero
 --   delay going straight to `queued` (reason retry).
--- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind).
+-- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -35,6 +36,7 @@ local scheduled = KEYS[4]
 local failed = KEYS[5]
 local cancelled = KEYS[6]
 local events = KEYS[7]
+local wf_outbox = KEYS[8]
 local dl_ttl = tonumber(ARGV[1])
 local dl_max = tonumber(ARGV[2])
 
@@ -51,7 +53,7 @@ local function publish(kind, ids)
   if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
 end
 
-local answers, left_running = {}, {}
+local answers, left_running, wf_done = {}, {}, {}
 local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
 local queued_ids, scheduled_ids, dead_ids, cancelled_ids = {}, {}, {}, {}
 
@@ -67,7 +69,7 @@ for i = 3, #ARGV, 8 do
 
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'max', 'b_init', 'b_max', 'b_mult',
-                       'b_jit', 'prio', 'cancel', 'ttl')
+                       'b_jit', 'prio', 'cancel', 'ttl', 'wf')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 'stale'
   else
@@ -86,6 +88,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
+      if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'cancelled'
     elseif e_retry == '0' or attempt >= tonumber(f[4]) then
       local reason = 'attempts_exhausted'
@@ -94,6 +97,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead_ids[#dead_ids + 1] = ulid
+      if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'dead'
     else
       local delay = retry_after
@@ -134,4 +138,11 @@ publish('queued', queued_ids)
 publish('scheduled', scheduled_ids)
 publish('failed', dead_ids)
 publish('cancelled', cancelled_ids)
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return answers

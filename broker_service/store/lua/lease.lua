@@ -7,16 +7,18 @@
 -- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
 -- KEYS[6] sequence         STRING   fencing token counter
 -- KEYS[7] events           channel  the queue's pub/sub channel
+-- KEYS[8] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] count      int     most tasks to lease (expired ones do not count)
 -- ARGV[2] worker_id  string  the worker that receives them
 --
 -- Returns: {now, leased, expired}: `now` the lease time (ms, = started of every leased task);
---   `leased` flat, 11 entries per task: ulid, name, payload, ctype, headers, attempt, max,
---   token, lease, timeout, due (payload/ctype/headers/timeout nil when absent); `expired` the
+--   `leased` flat, 13 entries per task: ulid, name, payload, ctype, headers, attempt, max,
+--   token, lease, timeout, due, presults, rpass (payload/ctype/headers/timeout and a workflow
+--   node's parents' results and result passing nil when absent); `expired` the
 --   ulids that were past their schedule-to-start deadline and ended EXPIRED instead.
 --   A task is checked against start_by only before its first start (attempt 0).
--- Publishes: `running <ulids>`, `expired <ulids>`.
+-- Publishes: `running <ulids>`, `expired <ulids>`. `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -26,6 +28,7 @@ local start_deadlines = KEYS[4]
 local expired = KEYS[5]
 local sequence = KEYS[6]
 local events = KEYS[7]
+local wf_outbox = KEYS[8]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
@@ -40,7 +43,7 @@ local function in_chunks(cmd, key, args)
   end
 end
 
-local picked, expired_ids, expired_scores, unstart = {}, {}, {}, {}
+local picked, expired_ids, expired_scores, unstart, wf_done = {}, {}, {}, {}, {}
 while #picked < count and #expired_ids < MAX_EXPIRED do
   local popped = redis.call('ZPOPMIN', queued, count - #picked)
   if #popped == 0 then break end
@@ -48,7 +51,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED do
     local ulid = popped[j]
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
-                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl')
+                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -58,6 +61,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED do
         redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
         redis.call('PEXPIREAT', key, now + ttl)
         expired_ids[#expired_ids + 1] = ulid
+        if f[13] then wf_done[#wf_done + 1] = ulid end
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid
       else
@@ -90,7 +94,7 @@ if #picked > 0 then
     if attempt > 1 then redis.call('HDEL', key, 'prog', 'prog_msg') end
     to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = ulid
     run_ids[#run_ids + 1] = ulid
-    local base = #leased
+    local base = #leased -- 13 entries per task
     leased[base + 1] = ulid
     leased[base + 2] = f[4]
     leased[base + 3] = f[5]
@@ -102,6 +106,8 @@ if #picked > 0 then
     leased[base + 9] = f[9]
     leased[base + 10] = f[10]
     leased[base + 11] = f[11]
+    leased[base + 12] = f[14]
+    leased[base + 13] = f[15]
   end
 end
 
@@ -110,4 +116,11 @@ in_chunks('ZADD', expired, expired_scores)
 in_chunks('ZREM', start_deadlines, unstart)
 if #run_ids > 0 then redis.call('PUBLISH', events, 'running ' .. table.concat(run_ids, ' ')) end
 if #expired_ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(expired_ids, ' ')) end
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return {now, leased, expired_ids}

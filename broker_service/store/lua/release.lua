@@ -6,6 +6,7 @@
 -- KEYS[4] cancelled        ZSET     cancelled tasks, score record expiry ms
 -- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
 -- KEYS[6] events           channel  the queue's pub/sub channel
+-- KEYS[7] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] reason   string  why the tasks come back (stored as `reason`)
 -- ARGV[2] started  int     1 if the attempts started; 0 and the attempt is not counted
@@ -15,7 +16,7 @@
 --
 -- Returns: array, one integer per lease: 1 if it was current, 0 if stale. A task with a
 --   cancel request ends CANCELLED instead. A task back at attempt 0 regains its start_by entry.
--- Publishes: `queued`, `cancelled` with their ulids (one message per kind).
+-- Publishes: `queued`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -24,6 +25,7 @@ local queued = KEYS[3]
 local cancelled = KEYS[4]
 local start_deadlines = KEYS[5]
 local events = KEYS[6]
+local wf_outbox = KEYS[7]
 local reason = ARGV[1]
 local started = ARGV[2]
 
@@ -41,13 +43,13 @@ local function publish(kind, ids)
 end
 
 local answers, left_running, to_queue, to_cancel, to_start_by = {}, {}, {}, {}, {}
-local queued_ids, cancelled_ids = {}, {}
+local queued_ids, cancelled_ids, wf_done = {}, {}, {}
 
 for i = 3, #ARGV, 2 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by')
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 0
   else
@@ -59,6 +61,7 @@ for i = 3, #ARGV, 2 do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
+      if f[9] then wf_done[#wf_done + 1] = ulid end
     else
       local attempt = tonumber(f[3])
       if started ~= '1' and attempt > 0 then attempt = attempt - 1 end
@@ -81,4 +84,11 @@ in_chunks('ZADD', cancelled, to_cancel)
 in_chunks('ZADD', start_deadlines, to_start_by)
 publish('queued', queued_ids)
 publish('cancelled', cancelled_ids)
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return answers
