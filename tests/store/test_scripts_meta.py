@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker_service.domain import Completion, Failure, Lease, TaskError
-from broker_service.store.keys import QueueKeys
+from broker_service.store.keys import QueueKeys, WorkflowKeys
 from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
 from tests.store.helpers import new_task
 
@@ -22,6 +22,8 @@ ARGV_LINE = re.compile(r"^-- ARGV\[(\d+)\] (\w+) +(\S+) +\S")
 ARGV_ITEMS = re.compile(r"^-- ARGV\[(\d+)\.\.\] (\d+) per \w+:$")
 QUEUE = QueueKeys("conveyor", "meta")
 LEASE = Lease("01HAAAAAAAAAAAAAAAAAAAAAAA", 3)
+WORKFLOW = WorkflowKeys("conveyor", "01HAAAAAAAAAAAAAAAAAAAAAAB")
+WORKFLOW_SCRIPTS = frozenset({"create_workflow", "settle_node", "cancel_workflow"})
 
 
 class Header:
@@ -89,7 +91,7 @@ class RecordingScripts(Scripts):
 
     async def run(self, name: str, keys: Any, args: Any) -> Any:
         self.calls.append((name, list(keys), list(args)))
-        return {"promote": 0, "trim": 0, "cancel": b"cancelled"}.get(name, [])
+        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "create_workflow": 1}.get(name, [])
 
 
 def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
@@ -112,6 +114,10 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "expire": lambda: scripts.expire(QUEUE, 10),
         "trim": lambda: scripts.trim(QUEUE, 10),
         "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
+        "create_workflow": lambda: scripts.create_workflow(WORKFLOW, "wf", 1000, [("a", "t@q", "", "")] * items),
+        "settle_node": lambda: scripts.settle_node(WORKFLOW, "a", "succeeded"),
+        "cancel_workflow": lambda: scripts.cancel_workflow(WORKFLOW, "why"),
+        "unblock": lambda: scripts.unblock(QUEUE, [(LEASE.ulid, b"")] * items),
     }
     asyncio.run(calls[name]())
 
@@ -126,8 +132,9 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
     [(called, keys, args)] = scripts.calls
     assert called == name
     extra = {"index": QUEUE.queued} if name == "list_page" else None
-    assert keys == script_keys(name, QUEUE, extra)
-    assert all(key.startswith(QUEUE.tag) for key in keys), "every key shares the queue's hash tag"
+    owner = WORKFLOW if name in WORKFLOW_SCRIPTS else QUEUE
+    assert keys == script_keys(name, owner, extra)
+    assert all(key.startswith(owner.tag) for key in keys), "every key shares one hash tag"
     if header.items is not None:
         first, per_item = header.items
         assert first - 1 == len(header.argv)

@@ -5,8 +5,8 @@
 --
 -- ARGV[1] name     string  the workflow's label ('' = none, stored absent)
 -- ARGV[2] ttl      int     how long the record is kept once the workflow finished, ms
--- ARGV[3..] 4 per node, in submission order:
---   node      string  node name (letters, digits, '_', '-', '.', ':')
+-- ARGV[3..] 4 per node:
+--   node      string  node name, in submission order (letters, digits, '_', '-', '.', ':')
 --   task_id   string  the node's task id
 --   parents   string  parent node names, space separated ('' = a root)
 --   children  string  child node names, space separated ('' = an output node)
