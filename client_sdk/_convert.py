@@ -109,7 +109,7 @@ def to_signature(target: TaskDefinition[Any, Any] | Signature | str, args: tuple
                  kwargs: dict[str, Any]) -> Signature:
     """The signature `enqueue` submits for a task definition, a signature or a bare name."""
     if isinstance(target, TaskDefinition):
-        return target.s(*args, **kwargs)
+        return target._signature(args, kwargs)
     if isinstance(target, Signature):
         if args or kwargs:
             raise TypeError("a Signature already holds its arguments; pass none to enqueue()")

@@ -33,6 +33,22 @@ EXPECTED = {
     "UnavailableError",
     "signature",
     "task",
+    # Workflows.
+    "DAG",
+    "AsyncWorkflowHandle",
+    "Chain",
+    "Chord",
+    "Group",
+    "WorkflowCancelledError",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNodeInfo",
+    "WorkflowState",
+    "WorkflowTimeoutError",
+    "chain",
+    "chord",
+    "group",
 }
 
 
@@ -55,7 +71,7 @@ def test_every_public_symbol_and_method_has_a_docstring() -> None:
 
 def test_every_error_is_a_conveyor_error() -> None:
     errors = [getattr(client_sdk, n) for n in client_sdk.__all__ if n.endswith("Error") and n != "RemoteError"]
-    assert len(errors) == 10
+    assert len(errors) == 13
     for error in errors:
         assert issubclass(error, client_sdk.ConveyorError)
 
