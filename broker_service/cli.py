@@ -24,8 +24,9 @@ commands:
   enqueue    submit a task            get     read a task
   wait       wait for a task          cancel  cancel a task
   list       list a queue's tasks
+  workflow   show, wait for, cancel or submit a workflow (conveyor workflow --help)
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "workflow")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

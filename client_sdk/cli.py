@@ -1,4 +1,4 @@
-"""The client subcommands of `conveyor`: enqueue, get, wait, cancel and list, printing JSON lines."""
+"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list and workflow, printing JSON lines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from client_sdk import _convert
+from client_sdk import _convert, _workflow_cli
 from client_sdk._client import Client
 from client_sdk._errors import (
     ConveyorError,
@@ -24,10 +24,11 @@ from client_sdk._errors import (
 )
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._task import signature
+from client_sdk._workflow import WorkflowTimeoutError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("enqueue", "get", "wait", "cancel", "list")
+COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "workflow")
 DEFAULT_BROKER = "localhost:50051"
 BROKER_ENV = "CONVEYOR_BROKER"
 
@@ -229,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
                    help="state to list [default queued]")
     p.add_argument("--page-size", type=int, default=100, help="tasks per call, 1 to 1000 [default 100]")
     p.add_argument("--limit", type=int, default=0, help="stop after this many tasks (0: all)")
+
+    _workflow_cli.add_commands(sub, common, _EPILOG, _emit, info_json)
     return top
 
 
@@ -250,6 +253,10 @@ def _run(args: argparse.Namespace) -> int:
         if exc.info is not None:
             _emit(info_json(exc.info))
         return _fail(EXIT_TIMEOUT, type(exc).__name__, str(exc), task_id=exc.task_id)
+    except WorkflowTimeoutError as exc:
+        if exc.info is not None:
+            _emit(_workflow_cli.workflow_json(exc.info, info_json))
+        return _fail(EXIT_TIMEOUT, type(exc).__name__, str(exc), workflow_id=exc.workflow_id)
     except InvalidArgumentError as exc:
         return _fail(EXIT_USAGE, type(exc).__name__, exc.message, code=exc.code, field=exc.field)
     except (NotFoundError, FailedPreconditionError) as exc:
