@@ -114,7 +114,7 @@ def test_a_failed_step_cancels_its_dependents_and_the_workflow_fails(
     with pytest.raises(WorkflowFailedError) as caught:
         handle.result(timeout=20)
     info = caught.value.info
-    first, bad, child, grandchild = info.nodes
+    _, bad, child, grandchild = info.nodes
     assert info.state is WorkflowState.FAILED
     assert info.reason == f"node '{bad.name}' failed"
     assert [n.state for n in info.nodes] == [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED,
@@ -186,7 +186,8 @@ def test_the_async_client_submits_and_awaits_a_workflow(
 
     async def scenario() -> tuple[object, WorkflowState]:
         async with AsyncClient(fast_broker.address) as client:
-            handle = await client.submit_workflow(chord([a.s(1, 2), a.s(3, 4)], total.with_options(queue=queue_name).s()))
+            callback = total.with_options(queue=queue_name).s()
+            handle = await client.submit_workflow(chord([a.s(1, 2), a.s(3, 4)], callback))
             result = await handle.result(timeout=20)
             return result, (await handle.get()).state
 
@@ -212,9 +213,8 @@ def test_a_malformed_graph_is_refused_naming_the_problem(
     fast_broker: BrokerProcess, queue_name: str, nodes: list[tuple[str, tuple[str, ...]]], field: str, words: str
 ) -> None:
     request = wf_pb.SubmitWorkflowRequest(nodes=[_node(n, queue_name, p) for n, p in nodes])
-    with grpc.insecure_channel(fast_broker.address) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            wf_grpc.WorkflowServiceStub(channel).SubmitWorkflow(request, timeout=5)
+    with grpc.insecure_channel(fast_broker.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        wf_grpc.WorkflowServiceStub(channel).SubmitWorkflow(request, timeout=5)
     error = caught.value
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(f"{field}: ") and words in error.details()
