@@ -244,13 +244,13 @@ class Workflows:
 
     # The reconciler.
 
-    async def reconcile(self) -> int:
-        """One pass over every queue: outbox entries the fast path left behind, and nodes pending
-        for longer than the grace. Returns how many repairs it made."""
+    async def reconcile(self, queues: Sequence[str] | None = None) -> int:
+        """One pass over every queue (or `queues`): outbox entries the fast path left behind, and
+        nodes pending for longer than the grace. Returns how many repairs it made."""
         now = await self._store.time_ms()
         repairs = 0
         workflows: dict[str, WorkflowRecord | None] = {}
-        for queue in await self._store.queues():
+        for queue in queues if queues is not None else await self._store.queues():
             handled = await self.drain(queue, now - self._outbox_grace_ms)
             if handled:
                 self._metrics.workflow_repairs.labels("outbox").inc(handled)

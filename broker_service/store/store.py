@@ -396,8 +396,8 @@ class Store:
 
     async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:
         """Ulids of a queue's ended workflow nodes whose workflow has not advanced yet, oldest
-        first; with `before_ms`, only those that ended before it (Redis clock)."""
-        high: str | int = "+inf" if before_ms is None else f"({before_ms}"
+        first; with `before_ms`, only those that ended at or before it (Redis clock)."""
+        high: str | int = "+inf" if before_ms is None else before_ms
         with redis_errors():
             members: Any = await self.redis.zrangebyscore(self.queue_keys(queue).wf_outbox, "-inf", high,
                                                                   start=0, num=limit)
@@ -411,12 +411,12 @@ class Store:
 
     async def pending_page(self, queue: str, after: tuple[int, str] | None, before_ms: int,
                            limit: int) -> list[tuple[int, str]]:
-        """(created ms, ulid) of pending nodes created before `before_ms`, after `after` in index
-        order (the reconciler's cursor)."""
+        """(created ms, ulid) of pending nodes created at or before `before_ms`, after `after` in
+        index order (the reconciler's cursor)."""
         low: str | int = "-inf" if after is None else after[0]
         with redis_errors():
             entries: Any = await self.redis.zrangebyscore(
-                self.queue_keys(queue).pending, low, f"({before_ms}", start=0, num=limit + 1000, withscores=True)
+                self.queue_keys(queue).pending, low, before_ms, start=0, num=limit + 1000, withscores=True)
         out = [(int(score), text(member)) for member, score in entries]
         if after is not None:
             out = [e for e in out if e > after]

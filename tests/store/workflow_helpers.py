@@ -15,6 +15,7 @@ def graph(harness: StoreHarness, edges: dict[str, tuple[str, ...]]) -> tuple[str
 
     Returns (workflow id, {node: ulid}).
     """
+    harness.run(harness.store.register_queues([harness.queue]))
     workflow_id = new_ulid()
     ulids = {name: new_ulid() for name in edges}
     children: dict[str, list[str]] = {name: [] for name in edges}
