@@ -90,7 +90,7 @@ def test_public_signatures_mention_no_protobuf_type() -> None:
 
 
 def test_cli_names_its_commands() -> None:
-    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list")
+    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "workflow")
     assert callable(cli.main)
 
 
