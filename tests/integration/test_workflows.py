@@ -266,3 +266,32 @@ def test_workflow_metrics_count_submits_finishes_and_releases(
     eventually(lambda: grew("conveyor_workflows_submitted_total", 1)
                and grew("conveyor_workflows_finished_total", 1, state="succeeded")
                and grew("conveyor_workflow_node_releases_total", 2, queue=queue_name), timeout=10)
+
+
+def test_the_cli_submits_shows_waits_for_and_cancels_workflows(
+    fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from client_sdk.cli import main
+
+    start_worker(queue_name)
+    flow = tmp_path / "flow.json"
+    flow.write_text(json.dumps({"name": "cli", "nodes": [
+        {"name": "a", "task": add.name, "queue": queue_name, "args": [1, 2]},
+        {"name": "b", "task": add.name, "queue": queue_name, "args": [10], "parents": ["a"]},
+    ]}))
+    broker = ["--broker", fast_broker.address]
+
+    assert main(["workflow", "submit", str(flow), "--wait", "--timeout", "20", *broker]) == 0
+    submitted, finished = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert finished["state"] == "succeeded" and finished["output_nodes"] == ["b"]
+    assert finished["nodes"][1]["task"]["result"] == {"json": 13}
+
+    assert main(["workflow", "show", submitted["id"], *broker]) == 0
+    assert json.loads(capsys.readouterr().out)["nodes"][0]["state"] == "succeeded"
+    assert main(["workflow", "wait", submitted["id"], *broker]) == 0
+    capsys.readouterr()
+    assert main(["workflow", "cancel", submitted["id"], *broker]) == 2
+    assert "FailedPreconditionError" in capsys.readouterr().err
