@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 OUTBOX_BATCH = 500
+ADVANCE_CONCURRENCY = 32  # outbox entries advanced at once (each is a few round trips)
 PENDING_BATCH = 1000
 ABORTED = "workflow_aborted"
 WORKFLOW_EVENT = "workflow"
@@ -188,25 +189,30 @@ class Workflows:
         """Advances the workflows of every node in the queue's outbox (those that ended before
         `before_ms` when given); how many entries were handled."""
         handled = 0
+        limit = asyncio.Semaphore(ADVANCE_CONCURRENCY)
         while True:
             ulids = await self._store.outbox(queue, before_ms, OUTBOX_BATCH)
-            for ulid in ulids:
-                await self._advance(queue, ulid)
+            await asyncio.gather(*(self._advance(queue, ulid, limit) for ulid in ulids))
+            # Dropped only once every entry of the batch has advanced: a crash before leaves
+            # them for the next pass, which repeats what was done harmlessly.
+            await self._store.outbox_done(queue, ulids)
             handled += len(ulids)
             if len(ulids) < OUTBOX_BATCH:
                 return handled
 
-    async def _advance(self, queue: str, ulid: str) -> None:
-        links = await self._store.node_links(queue, ulid)
-        if links is not None and links.workflow_id and links.state.terminal:
+    async def _advance(self, queue: str, ulid: str, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            links = await self._store.node_links(queue, ulid)
+            if links is None or not links.workflow_id or not links.state.terminal:
+                return
             settled = await self._store.settle_node(links.workflow_id, links.node, links.state)
-            if settled.state is not None:
-                if settled.ended:
-                    self._metrics.workflows_finished.labels(settled.state.label).inc()
-                for task_id in settled.ready:
-                    await self.release(task_id)
-                await self._cancel_tasks(list(settled.cancel))
-        await self._store.outbox_done(queue, [ulid])
+            if settled.state is None:
+                return
+            if settled.ended:
+                self._metrics.workflows_finished.labels(settled.state.label).inc()
+            for task_id in settled.ready:
+                await self.release(task_id)
+            await self._cancel_tasks(list(settled.cancel))
 
     async def release(self, task_id: str) -> bool:
         """Releases a pending node with its parents' results (read from their records); True when

@@ -19,8 +19,6 @@ from broker_service.api.errors import invalid_argument, server_stream, unary
 from broker_service.domain import (
     ULID_LENGTH,
     NewTask,
-    TaskNotFoundError,
-    TaskRecord,
     WorkflowNodeSpec,
     WorkflowRecord,
     WorkflowState,
@@ -37,6 +35,9 @@ WORKFLOW_ID = re.compile(rf"[0-9A-HJKMNP-TV-Z]{{{ULID_LENGTH}}}")
 MAX_WORKFLOW_NAME = 256
 MAX_IDEMPOTENCY_KEY = 256
 DAY_MS = 86_400_000
+# A WaitWorkflow stream re-reads the workflow at most this often: every read costs one round trip
+# for all its nodes, and a burst of node changes is one update to its reader.
+WAIT_COALESCE_SECONDS = 0.05
 
 
 class WorkflowService(wf_grpc.WorkflowServiceServicer):
@@ -114,6 +115,8 @@ class WorkflowService(wf_grpc.WorkflowServiceServicer):
                     timeout = min(timeout, left)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
+                    # Changes in bursts (a group's nodes finishing together) make one update.
+                    await asyncio.sleep(min(WAIT_COALESCE_SECONDS, max(0.0, timeout)))
                 record = await self._store.get_workflow(workflow_id)
         finally:
             self._hub.remove(channel, channel_listener)
@@ -129,7 +132,7 @@ class WorkflowService(wf_grpc.WorkflowServiceServicer):
         return wf.CancelWorkflowResponse(state=int(WorkflowState.CANCELLED))
 
     async def _message(self, record: WorkflowRecord) -> wf.Workflow:
-        tasks = await asyncio.gather(*(self._task(node.task_id) for node in record.nodes))
+        tasks = await self._store.get_many([_queue_and_ulid(node.task_id) for node in record.nodes])
         nodes = []
         for node, task in zip(record.nodes, tasks, strict=True):
             state = task.state if task is not None else node.settled
@@ -140,12 +143,11 @@ class WorkflowService(wf_grpc.WorkflowServiceServicer):
                            output_nodes=record.output_nodes, created_at=convert.timestamp(record.created_ms),
                            finished_at=convert.timestamp(record.finished_ms), reason=record.reason)
 
-    async def _task(self, task_id: str) -> TaskRecord | None:
-        ulid, queue = parse_task_id(task_id)
-        try:
-            return await self._store.get(queue, ulid)
-        except TaskNotFoundError:
-            return None
+
+
+def _queue_and_ulid(task_id: str) -> tuple[str, str]:
+    ulid, queue = parse_task_id(task_id)
+    return queue, ulid
 
 
 def _deadline(request: wf.WaitWorkflowRequest, context: Context) -> float | None:

@@ -340,6 +340,19 @@ class Store:
             raise WorkflowNotFoundError(f"workflow {workflow_id}")
         return workflow_from_hash(workflow_id, raw)
 
+    async def get_many(self, tasks: list[tuple[str, str]]) -> list[TaskRecord | None]:
+        """Reads tasks given as (queue, ulid) in one pipelined round trip (HGETALL each); None
+        for a task whose record is gone."""
+        if not tasks:
+            return []
+        with redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, ulid in tasks:
+                    pipe.hgetall(self.queue_keys(queue).task(ulid))
+                replies = await pipe.execute()
+        return [record_from_hash(ulid, queue, raw) if raw else None
+                for (queue, ulid), raw in zip(tasks, replies, strict=True)]
+
     async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
         """Records a node's final state and answers what follows (settle_node.lua); idempotent."""
         wf_state, ended, ready, cancel = await self.scripts.settle_node(

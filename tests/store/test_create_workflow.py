@@ -15,7 +15,8 @@ def test_create_workflow_writes_the_graph_and_every_node_unsettled(harness: Stor
     assert {k: v for k, v in fields.items() if k != "created"} == {
         "name": "test", "state": "running", "ttl": "60000", "left": "3", "nodes": "fetch parse store",
         "t/fetch": f"{ulids['fetch']}@{q}", "t/parse": f"{ulids['parse']}@{q}", "t/store": f"{ulids['store']}@{q}",
-        "c/fetch": "parse", "p/parse": "fetch", "c/parse": "store", "p/store": "parse"}
+        "c/fetch": "parse", "p/parse": "fetch", "c/parse": "store", "p/store": "parse", "w/parse": "1",
+        "w/store": "1"}
     assert expiry(harness, workflow_id) == -1
     read = harness.run(harness.store.get_workflow(workflow_id))
     assert read.state is WorkflowState.RUNNING

@@ -33,7 +33,12 @@ for i = 3, #ARGV, 4 do
   local node = ARGV[i]
   names[#names + 1] = node
   fields[#fields + 1] = 't/' .. node; fields[#fields + 1] = ARGV[i + 1]
-  if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'p/' .. node; fields[#fields + 1] = ARGV[i + 2] end
+  if ARGV[i + 2] ~= '' then
+    local waiting = 0
+    for _ in string.gmatch(ARGV[i + 2], '%S+') do waiting = waiting + 1 end
+    fields[#fields + 1] = 'p/' .. node; fields[#fields + 1] = ARGV[i + 2]
+    fields[#fields + 1] = 'w/' .. node; fields[#fields + 1] = waiting
+  end
   if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'c/' .. node; fields[#fields + 1] = ARGV[i + 3] end
 end
 fields[#fields + 1] = 'nodes'; fields[#fields + 1] = table.concat(names, ' ')

@@ -6,6 +6,7 @@
 -- ARGV[1] node   string  the node's name
 -- ARGV[2] state  string  its task's terminal state: succeeded, failed, cancelled or expired
 --
+-- A child is ready when its count of parents yet to succeed (`w/<child>`) reaches 0.
 -- The node's state is recorded once (`s/<node>`); settling it again records nothing and answers
 -- the same, so a pass interrupted by a crash is finished by repeating it. A node that did not
 -- succeed makes the workflow FAILED (reason "node '<node>' failed", the first one wins) and
@@ -39,6 +40,11 @@ local VERB = {failed = 'failed', cancelled = 'was cancelled', expired = 'expired
 local ended = 0
 if redis.call('HSETNX', record, 's/' .. node, state) == 1 then
   local left = redis.call('HINCRBY', record, 'left', -1)
+  if state == 'succeeded' then
+    for _, child in ipairs(words(redis.call('HGET', record, 'c/' .. node))) do
+      redis.call('HINCRBY', record, 'w/' .. child, -1)
+    end
+  end
   if state ~= 'succeeded' then
     redis.call('HSET', record, 'bad', '1')
     if not head[2] then
@@ -61,13 +67,8 @@ local ready, cancel = {}, {}
 local recorded = redis.call('HGET', record, 's/' .. node)
 if recorded == 'succeeded' and wf_state == 'running' then
   for _, child in ipairs(words(redis.call('HGET', record, 'c/' .. node))) do
-    if not redis.call('HGET', record, 's/' .. child) then
-      local all = true
-      for _, parent in ipairs(words(redis.call('HGET', record, 'p/' .. child))) do
-        if redis.call('HGET', record, 's/' .. parent) ~= 'succeeded' then all = false; break end
-      end
-      if all then ready[#ready + 1] = redis.call('HGET', record, 't/' .. child) end
-    end
+    local f = redis.call('HMGET', record, 's/' .. child, 'w/' .. child, 't/' .. child)
+    if not f[1] and tonumber(f[2]) == 0 then ready[#ready + 1] = f[3] end
   end
 elseif recorded ~= 'succeeded' then
   local why = VERB[recorded] or recorded
