@@ -131,6 +131,8 @@ class Workflows:
         created = await self._store.create_workflow(workflow_id, name, ttl_ms, records)
         if created:
             self._metrics.workflows_submitted.inc()
+            for queue, items in by_queue.items():
+                self._metrics.enqueued.labels(queue).inc(len(items))
 
         roots: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
         for node, task in zip(nodes, tasks, strict=True):
