@@ -38,8 +38,10 @@ class Metrics:
                                       buckets=WAIT_BUCKETS, registry=r)
         self.workers = Gauge("conveyor_workers_connected", "Worker streams connected to this broker.",
                              registry=r)
-        self.store_errors = Counter("conveyor_store_errors", "Redis calls that failed (unreachable or timed out).",
-                                    registry=r)
+        self.store_errors = Counter("conveyor_store_errors",
+                                    "Readiness checks of Redis that failed (unreachable or timed out).", registry=r)
+        self.store_up = Gauge("conveyor_store_up", "1 while the last readiness check reached Redis, else 0.",
+                              registry=r)
         # Workflows.
         self.workflows_submitted = Counter("conveyor_workflows_submitted", "Workflows submitted.", registry=r)
         self.workflows_finished = Counter("conveyor_workflows_finished",

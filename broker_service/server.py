@@ -158,7 +158,7 @@ class Broker:
         await self._server.start()
 
         self._loops = [
-            Readiness(store, self._health, SERVICE_NAMES, interval=1.0),
+            Readiness(store, self._health, SERVICE_NAMES, interval=1.0, metrics=self.metrics),
             Reaper(store, self.metrics, s.reap_interval_seconds),
             Promoter(store, s.promote_interval_seconds),
             Janitor(store, self.metrics, interval=5.0),

@@ -95,6 +95,9 @@ def test_a_broker_whose_redis_is_down_answers_unavailable_quickly_and_recovers(
         client.get(before.id)
     eventually(lambda: _serving_status(broker.address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10)
     assert broker.alive
+    down = broker.metrics()
+    assert down["conveyor_store_up"] == 0
+    assert down["conveyor_store_errors_total"] >= 1
 
     own_redis.start()
     with Client(broker.address) as client:
@@ -105,6 +108,7 @@ def test_a_broker_whose_redis_is_down_answers_unavailable_quickly_and_recovers(
         assert after.get().state is TaskState.QUEUED
         assert [t.id for t in client.list(QUEUE, TaskState.QUEUED)] == [before.id, after.id]
     eventually(lambda: _serving_status(broker.address) == health_pb2.HealthCheckResponse.SERVING, timeout=10)
+    assert broker.metrics()["conveyor_store_up"] == 1
 
 
 def test_a_broker_whose_redis_hangs_answers_unavailable_within_its_redis_timeout(
