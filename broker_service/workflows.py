@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker_service.domain import (
+    NewTask,
     ParentResult,
     TaskNotFoundError,
     TaskState,
@@ -103,40 +104,32 @@ class Workflows:
                     existing = await self._store.get_workflow(workflow_id)
                     return Submitted(workflow_id, {n.name: n.task_id for n in existing.nodes}, duplicate=True)
                 # the first submit stopped before its commit point: finish it with the same ids
-        index = {node.name: i for i, node in enumerate(nodes)}
-        tasks = []
-        for i, node in enumerate(nodes):
-            parent_ids = tuple(make_task_id(node_ulid(workflow_id, index[p]), nodes[index[p]].task.queue)
-                               for p in node.parents)
-            tasks.append(dataclasses.replace(node.task, ulid=node_ulid(workflow_id, i), workflow_id=workflow_id,
-                                             workflow_node=node.name, parent_ids=parent_ids))
-        children: dict[str, list[str]] = defaultdict(list)
-        for node in nodes:
-            for parent in node.parents:
-                children[parent].append(node.name)
-
-        by_queue: dict[str, list[int]] = defaultdict(list)
-        for i, task in enumerate(tasks):
-            by_queue[task.queue].append(i)
+        tasks = _node_tasks(workflow_id, nodes)
+        by_queue: dict[str, list[NewTask]] = defaultdict(list)
+        for task in tasks:
+            by_queue[task.queue].append(task)
         new_queues = [q for q in by_queue if q not in self._known_queues]
         if new_queues:
             await self._store.register_queues(new_queues)
             self._known_queues.update(new_queues)
-        await asyncio.gather(*(self._store.enqueue(q, [tasks[i] for i in items]) for q, items in by_queue.items()))
+        await asyncio.gather(*(self._store.enqueue(q, items) for q, items in by_queue.items()))
 
+        children: dict[str, list[str]] = defaultdict(list)
+        for node in nodes:
+            for parent in node.parents:
+                children[parent].append(node.name)
         records = [WorkflowNodeRecord(name=node.name, task_id=task.task_id, parents=node.parents,
                                       children=tuple(children[node.name]))
                    for node, task in zip(nodes, tasks, strict=True)]
-        ttl_ms = max(task.result_ttl_ms for task in tasks)
-        created = await self._store.create_workflow(workflow_id, name, ttl_ms, records)
+        created = await self._store.create_workflow(workflow_id, name, max(t.result_ttl_ms for t in tasks), records)
         if created:
             self._metrics.workflows_submitted.inc()
             for queue, items in by_queue.items():
                 self._metrics.enqueued.labels(queue).inc(len(items))
 
         roots: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-        for node, task in zip(nodes, tasks, strict=True):
-            if not node.parents:
+        for task in tasks:
+            if not task.parent_ids:
                 roots[task.queue].append((task.ulid, b""))
         answers = await asyncio.gather(*(self._store.unblock(q, items) for q, items in roots.items()))
         for queue, states in zip(roots, answers, strict=True):
@@ -311,6 +304,18 @@ class Workflows:
             await self._cancel_tasks([(task_id, f"parent '{failed.name}' {_verb(failed.settled)}")])
             return "cancel"
         return ""
+
+
+def _node_tasks(workflow_id: str, nodes: Sequence[WorkflowNodeSpec]) -> list[NewTask]:
+    """Each node's task with its derived ulid and its workflow links."""
+    index = {node.name: i for i, node in enumerate(nodes)}
+    tasks = []
+    for i, node in enumerate(nodes):
+        parent_ids = tuple(make_task_id(node_ulid(workflow_id, index[p]), nodes[index[p]].task.queue)
+                           for p in node.parents)
+        tasks.append(dataclasses.replace(node.task, ulid=node_ulid(workflow_id, i), workflow_id=workflow_id,
+                                         workflow_node=node.name, parent_ids=parent_ids))
+    return tasks
 
 
 def _verb(state: TaskState | None) -> str:
