@@ -89,6 +89,7 @@ class Workflows:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._pending_cursor: dict[str, tuple[int, str]] = {}
         self._known_queues: set[str] = set()
+        self._stopped = False
 
     # Submit.
 
@@ -161,6 +162,8 @@ class Workflows:
 
     def trigger(self, queue: str) -> None:
         """Schedules a drain of the queue's outbox (one at a time per queue; bursts coalesce)."""
+        if self._stopped:
+            return
         self._dirty.add(queue)
         if queue not in self._active:
             self._active[queue] = asyncio.create_task(self._drain_loop(queue), name=f"workflow-drain-{queue}")
@@ -177,6 +180,8 @@ class Workflows:
             self._active.pop(queue, None)
 
     async def stop(self) -> None:
+        """Stops the fast path; what it leaves undone, the reconciler of any broker finishes."""
+        self._stopped = True
         for task in list(self._active.values()):
             await cancel_and_wait(task)
 
@@ -218,12 +223,11 @@ class Workflows:
             return False
         blob = b""
         if links.result_passing > 1:  # FIRST or LIST: the task is handed its parents' results
-            results = []
-            for parent_id in links.parent_ids:
-                parent_ulid, parent_queue = parse_task_id(parent_id)
-                node, payload, content_type = await self._store.parent_result(parent_queue, parent_ulid)
-                results.append(ParentResult(parent_id, node, payload, content_type))
-            blob = encode_parent_results(results)
+            parents = [parse_task_id(p) for p in links.parent_ids]
+            read = await self._store.parent_results([(queue_, ulid_) for ulid_, queue_ in parents])
+            blob = encode_parent_results([ParentResult(parent_id, node, payload, content_type)
+                                          for parent_id, (node, payload, content_type)
+                                          in zip(links.parent_ids, read, strict=True)])
         states = await self._store.unblock(queue, [(ulid, blob)])
         return self._count_releases(queue, states) > 0
 

@@ -399,13 +399,17 @@ class Store:
         return NodeLinks(state=TaskState.from_label(text(state)), workflow_id=text(wf), node=text(node),
                          parent_ids=tuple(text(parents).split()), result_passing=int(rpass or 0))
 
-    async def parent_result(self, queue: str, ulid: str) -> tuple[str, bytes, str]:
-        """(node name, result, result media type) of a finished parent; empty when its record is gone."""
+    async def parent_results(self, tasks: list[tuple[str, str]]) -> list[tuple[str, bytes, str]]:
+        """(node name, result, result media type) of finished parents given as (queue, ulid), in one
+        pipelined round trip; empty values for a parent whose record is gone."""
+        if not tasks:
+            return []
         with redis_errors():
-            node, result, rtype = await self.redis.hmget(self.queue_keys(queue).task(ulid),
-                                                         ["node", "result", "rtype"])
-        payload = result.encode() if isinstance(result, str) else (result or b"")
-        return text(node), payload, text(rtype)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, ulid in tasks:
+                    pipe.hmget(self.queue_keys(queue).task(ulid), ["node", "result", "rtype"])
+                replies = await pipe.execute()
+        return [(text(node), result or b"", text(rtype)) for node, result, rtype in replies]
 
     async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:
         """Ulids of a queue's ended workflow nodes whose workflow has not advanced yet, oldest
