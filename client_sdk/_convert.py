@@ -186,6 +186,7 @@ def task_info(message: task_pb2.Task) -> TaskInfo:
         reason=message.reason, cancel_requested=message.cancel_requested, progress=message.progress,
         progress_message=message.progress_message, worker_id=message.worker_id,
         result_ttl=_span(message, "result_ttl"),
+        workflow_id=message.workflow_id, workflow_node=message.workflow_node, parent_ids=tuple(message.parent_ids),
     )
 
 

@@ -136,6 +136,9 @@ class TaskInfo:
         progress_message: Free-text progress message.
         worker_id: Id of the worker running (or that last ran) the task.
         result_ttl: How long the result is kept after the task finishes.
+        workflow_id: The workflow this task is a node of; empty for a lone task.
+        workflow_node: The node's name within its workflow.
+        parent_ids: Ids of the tasks it waits for (its parents in the workflow).
     """
 
     id: str
@@ -164,6 +167,10 @@ class TaskInfo:
     progress_message: str = ""
     worker_id: str = ""
     result_ttl: timedelta | None = None
+    # Workflow links.
+    workflow_id: str = ""
+    workflow_node: str = ""
+    parent_ids: tuple[str, ...] = ()
 
     @property
     def max_attempts(self) -> int:

@@ -48,6 +48,9 @@ def test_a_chain_hands_each_result_to_the_next_step(
     assert info.output_nodes == (info.nodes[2].name,)
     assert info.finished_at is not None and info.created_at is not None
     assert info.nodes[1].parents == (info.nodes[0].name,)
+    second = fast_client.get(info.nodes[1].task_id)
+    assert (second.workflow_id, second.workflow_node, second.parent_ids) == (
+        handle.id, info.nodes[1].name, (info.nodes[0].task_id,))
     assert fast_client.get(info.nodes[1].task_id).result == b"13"
     assert handle.task_ids == {n.name: n.task_id for n in info.nodes}
 
