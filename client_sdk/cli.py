@@ -93,6 +93,8 @@ def info_json(info: TaskInfo) -> dict[str, Any]:
         out["progress"] = info.progress
     if info.cancel_requested:
         out["cancel_requested"] = True
+    if info.workflow_id:
+        out["workflow"] = {"id": info.workflow_id, "node": info.workflow_node, "parent_ids": list(info.parent_ids)}
     return out
 
 

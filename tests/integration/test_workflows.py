@@ -294,7 +294,10 @@ def test_the_cli_submits_shows_waits_for_and_cancels_workflows(
     assert finished["nodes"][1]["task"]["result"] == {"json": 13}
 
     assert main(["workflow", "show", submitted["id"], *broker]) == 0
-    assert json.loads(capsys.readouterr().out)["nodes"][0]["state"] == "succeeded"
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["nodes"][0]["state"] == "succeeded"
+    assert shown["nodes"][1]["task"]["workflow"] == {"id": submitted["id"], "node": "b",
+                                                     "parent_ids": [submitted["task_ids"]["a"]]}
     assert main(["workflow", "wait", submitted["id"], *broker]) == 0
     capsys.readouterr()
     assert main(["workflow", "cancel", submitted["id"], *broker]) == 2
