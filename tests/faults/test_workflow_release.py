@@ -73,7 +73,7 @@ def test_a_chain_survives_broker_kills_with_the_fast_path_on_and_each_step_runs_
     with Client(broker.address) as client:
         handle = client.submit_workflow(chain(*(step.si(str(journal_path), 0.15, tag=f"s{i}") for i in range(steps))))
         for done in (3, 7):
-            eventually(lambda done=done: len(executions(journal_path)) >= done, timeout=20)  # type: ignore[misc]
+            eventually(lambda done=done: len(executions(journal_path)) >= done, timeout=20)
             broker.restart(hard=True)
             broker.wait_for_workers(1, timeout=10, watch=[worker])
         info = client.wait_workflow(handle.id, timeout=40)
