@@ -24,9 +24,10 @@ commands:
   enqueue    submit a task            get     read a task
   wait       wait for a task          cancel  cancel a task
   list       list a queue's tasks
+  queue      queue limits, show, list: a queue's limits and counts
   workflow   show, wait for, cancel or submit a workflow (conveyor workflow --help)
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "workflow")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "workflow")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _WORK_KINDS = frozenset({"wake", "queued", RESYNC})
+# A task left running: a session that waits for a free slot under max_running leases again.
+_SLOT_KINDS = frozenset({"succeeded", "failed", "cancelled", "scheduled"})
 
 
 class Dispatcher:
@@ -63,6 +65,9 @@ class Dispatcher:
             if kind in _WORK_KINDS:
                 for session in sessions:
                     session.wake()
+            elif kind in _SLOT_KINDS:
+                for session in sessions:
+                    session.slot_freed(queue)
             elif kind == "cancel":
                 wanted = set(ulids.split())
                 for session in sessions:

@@ -290,6 +290,25 @@ class ReapResult:
     cancelled: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Limits of a whole queue, kept in the store (0: no limit)."""
+
+    max_running: int = 0
+    rate_per_second: float = 0.0
+    rate_burst: int = 0  # size of the rate's token bucket; 0 means max(1, rate_per_second)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A queue as it stands: its limits and how many tasks each state holds."""
+
+    name: str
+    limits: QueueLimits
+    counts: dict[TaskState, int]
+    held: int = 0  # queued tasks held back by their concurrency key (not in counts[QUEUED])
+
+
 class StoreError(Exception):
     """Base of the store's errors; each maps to one gRPC status in the API layer."""
 

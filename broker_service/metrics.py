@@ -42,6 +42,16 @@ class Metrics:
                                     "Readiness checks of Redis that failed (unreachable or timed out).", registry=r)
         self.store_up = Gauge("conveyor_store_up", "1 while the last readiness check reached Redis, else 0.",
                               registry=r)
+        # Locks and limits.
+        self.duplicates = Counter("conveyor_duplicate_submits",
+                                  "Submits answered with an existing task, by the key that matched "
+                                  "(idempotency, unique).", ["queue", "kind"], registry=r)
+        self.held = Gauge("conveyor_queue_held_tasks",
+                          "Ready tasks held back because their concurrency key is at its limit.",
+                          ["queue"], registry=r)
+        self.lease_deferrals = Counter("conveyor_lease_deferrals",
+                                       "Lease calls that left ready tasks waiting because of a queue limit "
+                                       "(rate, max_running).", ["queue", "limit"], registry=r)
         # Workflows.
         self.workflows_submitted = Counter("conveyor_workflows_submitted", "Workflows submitted.", registry=r)
         self.workflows_finished = Counter("conveyor_workflows_finished",

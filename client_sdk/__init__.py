@@ -15,6 +15,7 @@ from client_sdk._errors import (
     UnavailableError,
 )
 from client_sdk._models import RemoteError, RetryPolicy, TaskInfo, TaskState
+from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, signature, task
 from client_sdk._workflow import (
     DAG,
@@ -48,6 +49,8 @@ __all__ = [
     "Group",
     "InvalidArgumentError",
     "NotFoundError",
+    "QueueInfo",
+    "QueueLimits",
     "RemoteError",
     "RetryPolicy",
     "Signature",

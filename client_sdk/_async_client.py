@@ -7,21 +7,30 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
-from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, workflow_service_pb2, workflow_service_pb2_grpc
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 
-from client_sdk import _convert, _workflow
+from client_sdk import _convert, _queues, _workflow
 from client_sdk._channel import channel_options
-from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, WAIT_RECONNECTS
+from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, SUBMIT_ATTEMPTS, WAIT_RECONNECTS
 from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
 from client_sdk._models import TaskInfo, TaskState
+from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["AsyncClient", "AsyncTaskHandle"]
 
 P = ParamSpec("P")
+_TaskSpec: TypeAlias = task_service_pb2.TaskSpec
 R = TypeVar("R")
 
 
@@ -31,19 +40,23 @@ class AsyncTaskHandle:
     Attributes:
         id: The task id, ``"<ulid>@<queue>"``.
         client: The client used for every call on this handle.
+        duplicate: True when the submit matched an idempotency or unique key: nothing was
+            stored and ``id`` is the existing task's.
     """
 
-    __slots__ = ("client", "id")
+    __slots__ = ("client", "duplicate", "id")
 
-    def __init__(self, task_id: str, client: AsyncClient) -> None:
+    def __init__(self, task_id: str, client: AsyncClient, duplicate: bool = False) -> None:
         """Wraps a task id.
 
         Args:
             task_id: The task id.
             client: The client to call the broker with.
+            duplicate: Whether the submit answered an existing task.
         """
         self.id = task_id
         self.client = client
+        self.duplicate = duplicate
 
     @property
     def queue(self) -> str:
@@ -109,6 +122,7 @@ class AsyncClient:
         self._options = channel_options(options)
         self._channel: Any = None
         self._stub_instance: Any = None
+        self._admin_stub: Any = None
 
     @property
     def _stub(self) -> Any:
@@ -120,12 +134,35 @@ class AsyncClient:
             self._stub_instance = task_service_pb2_grpc.TaskServiceStub(self._channel)
         return self._stub_instance
 
-    async def _call(self, method_name: str, request: Any, timeout: float | None) -> Any:
-        method = getattr(self._stub, method_name)
+    async def _call(self, method_name: str, request: Any, timeout: float | None, *, admin: bool = False) -> Any:
+        stub = self._stub
+        if admin:
+            if self._admin_stub is None:
+                self._admin_stub = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+            stub = self._admin_stub
+        method = getattr(stub, method_name)
         try:
             return await method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+    async def _submit(self, spec: _TaskSpec, timeout: float | None) -> AsyncTaskHandle:
+        """EnqueueTask; with an idempotency key, UNAVAILABLE is retried (see `Client`)."""
+        request = task_service_pb2.EnqueueTaskRequest(task=spec)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response: task_service_pb2.EnqueueTaskResponse = await self._call(
+                    "EnqueueTask", request, max(0.001, deadline - time.monotonic()))
+            except UnavailableError:
+                left = deadline - time.monotonic()
+                if not spec.idempotency_key or attempt >= SUBMIT_ATTEMPTS or left <= 0:
+                    raise
+                await asyncio.sleep(_convert.reconnect_delay(attempt, left))
+                continue
+            return AsyncTaskHandle(response.task_id, self, response.duplicate)
 
     def handle(self, task_id: str) -> AsyncTaskHandle:
         """A handle of an existing task, by id (no call is made)."""
@@ -155,10 +192,7 @@ class AsyncClient:
             InvalidArgumentError: If the broker refused a field.
             UnavailableError: If the broker or its store could not be reached.
         """
-        spec = _convert.signature_spec(_convert.to_signature(task, args, kwargs))
-        response: task_service_pb2.EnqueueTaskResponse = await self._call(
-            "EnqueueTask", task_service_pb2.EnqueueTaskRequest(task=spec), None)
-        return AsyncTaskHandle(response.task_id, self)
+        return await self._submit(_convert.signature_spec(_convert.to_signature(task, args, kwargs)), None)
 
     async def enqueue_many(self, signatures: Iterable[Signature], *,
                            timeout: float | None = None) -> builtins.list[AsyncTaskHandle]:
@@ -180,7 +214,9 @@ class AsyncClient:
         for request in _convert.batch_requests(signatures):
             response: task_service_pb2.BatchEnqueueTasksResponse = await self._call(
                 "BatchEnqueueTasks", request, timeout)
-            handles.extend(AsyncTaskHandle(task_id, self) for task_id in response.task_ids)
+            duplicates = list(response.duplicates) or [False] * len(response.task_ids)
+            handles.extend(AsyncTaskHandle(task_id, self, duplicate)
+                           for task_id, duplicate in zip(response.task_ids, duplicates, strict=True))
         return handles
 
     async def submit(self, queue: str, name: str, payload: bytes, *,
@@ -201,9 +237,7 @@ class AsyncClient:
             A handle of the new task.
         """
         spec = _convert.task_spec(name, bytes(payload), content_type, TaskOptions(queue=queue, **options))
-        response: task_service_pb2.EnqueueTaskResponse = await self._call(
-            "EnqueueTask", task_service_pb2.EnqueueTaskRequest(task=spec), rpc_timeout)
-        return AsyncTaskHandle(response.task_id, self)
+        return await self._submit(spec, rpc_timeout)
 
     async def get(self, task_id: str, *, timeout: float | None = None) -> TaskInfo:
         """Reads one task; see `Client.get`.
@@ -320,6 +354,54 @@ class AsyncClient:
                 return
             request.page_token = response.next_page_token
 
+    # Queues and their limits.
+
+    async def set_queue_limits(self, queue: str, *, max_running: int = 0, rate_per_second: float = 0.0,
+                               rate_burst: int = 0, timeout: float | None = None) -> QueueInfo:
+        """Replaces a queue's limits; see `Client.set_queue_limits`.
+
+        Args:
+            queue: The queue.
+            max_running: Most tasks of the queue running at once; 0 for no limit.
+            rate_per_second: Most tasks started per second; 0 for no limit.
+            rate_burst: Tasks that may start at once after a quiet spell; 0 for
+                ``max(1, rate_per_second)``.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queue with its new limits.
+        """
+        limits = QueueLimits(max_running=max_running, rate_per_second=rate_per_second, rate_burst=rate_burst)
+        response: admin_service_pb2.SetQueueLimitsResponse = await self._call(
+            "SetQueueLimits", _queues.limits_request(queue, limits), timeout, admin=True)
+        return _queues.queue_info(response.queue)
+
+    async def get_queue(self, queue: str, *, timeout: float | None = None) -> QueueInfo:
+        """Reads a queue: its limits and task counts; see `Client.get_queue`.
+
+        Args:
+            queue: The queue.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queue.
+        """
+        response: admin_service_pb2.GetQueueResponse = await self._call(
+            "GetQueue", admin_service_pb2.GetQueueRequest(queue=queue), timeout, admin=True)
+        return _queues.queue_info(response.queue)
+
+    async def list_queues(self, *, timeout: float | None = None) -> builtins.list[QueueInfo]:
+        """Every queue ever submitted to (or given limits), by name.
+
+        Args:
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queues.
+        """
+        response: admin_service_pb2.ListQueuesResponse = await self._call(
+            "ListQueues", admin_service_pb2.ListQueuesRequest(), timeout, admin=True)
+        return [_queues.queue_info(q) for q in response.queues]
     # Workflows.
 
     def _workflow_stub(self) -> Any:
@@ -401,7 +483,7 @@ class AsyncClient:
         """
         if self._channel is not None:
             await self._channel.close(grace)
-            self._channel = self._stub_instance = None
+            self._channel = self._stub_instance = self._admin_stub = None
 
     async def __aenter__(self) -> AsyncClient:
         return self

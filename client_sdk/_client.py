@@ -6,12 +6,19 @@ import builtins
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
-from conveyor.v1 import task_service_pb2, task_service_pb2_grpc, workflow_service_pb2, workflow_service_pb2_grpc
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 
-from client_sdk import _convert, _workflow
+from client_sdk import _convert, _queues, _workflow
 from client_sdk._channel import channel_options
 from client_sdk._errors import (
     DeadlineExceededError,
@@ -20,11 +27,13 @@ from client_sdk._errors import (
     from_rpc_error,
 )
 from client_sdk._models import TaskInfo, TaskState
+from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["Client", "TaskHandle"]
 
 P = ParamSpec("P")
+_TaskSpec: TypeAlias = task_service_pb2.TaskSpec
 R = TypeVar("R")
 
 DEFAULT_TARGET = "localhost:50051"
@@ -33,6 +42,8 @@ DEFAULT_TIMEOUT = 10.0
 STREAM_SLACK = 1.0
 # Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
 WAIT_RECONNECTS = 5
+# Attempts of a submit that carries an idempotency key when the broker answers UNAVAILABLE.
+SUBMIT_ATTEMPTS = 6
 
 
 class TaskHandle:
@@ -41,19 +52,23 @@ class TaskHandle:
     Attributes:
         id: The task id, ``"<ulid>@<queue>"``.
         client: The client used for every call on this handle.
+        duplicate: True when the submit matched an idempotency or unique key: nothing was
+            stored and ``id`` is the existing task's.
     """
 
-    __slots__ = ("client", "id")
+    __slots__ = ("client", "duplicate", "id")
 
-    def __init__(self, task_id: str, client: Client) -> None:
+    def __init__(self, task_id: str, client: Client, duplicate: bool = False) -> None:
         """Wraps a task id.
 
         Args:
             task_id: The task id.
             client: The client to call the broker with.
+            duplicate: Whether the submit answered an existing task.
         """
         self.id = task_id
         self.client = client
+        self.duplicate = duplicate
 
     @property
     def queue(self) -> str:
@@ -91,7 +106,8 @@ class Client:
 
     Every call has a deadline: the client's ``timeout`` unless the call is given its own.
     Reads (get, wait, list) are retried on UNAVAILABLE; submissions are not, since a retry
-    after a lost answer would submit twice.
+    after a lost answer would submit twice, unless they carry an idempotency key (which makes
+    the retry answer the first task).
 
     Example:
         >>> with Client("localhost:50051") as client:
@@ -121,6 +137,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -128,6 +145,25 @@ class Client:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+    def _submit(self, spec: _TaskSpec, timeout: float | None) -> TaskHandle:
+        """EnqueueTask. A task with an idempotency key is submitted again when the broker answers
+        UNAVAILABLE (another replica may answer): the key makes the retry safe."""
+        request = task_service_pb2.EnqueueTaskRequest(task=spec)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response: task_service_pb2.EnqueueTaskResponse = self._call(
+                    self._stub.EnqueueTask, request, max(0.001, deadline - time.monotonic()))
+            except UnavailableError:
+                left = deadline - time.monotonic()
+                if not spec.idempotency_key or attempt >= SUBMIT_ATTEMPTS or left <= 0:
+                    raise
+                time.sleep(_convert.reconnect_delay(attempt, left))
+                continue
+            return TaskHandle(response.task_id, self, response.duplicate)
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle of an existing task, by id (no call is made)."""
@@ -150,17 +186,15 @@ class Client:
             **kwargs: Keyword arguments of the task.
 
         Returns:
-            A handle of the new task.
+            A handle of the new task (``duplicate`` set when an idempotency or unique key
+            matched an existing task, whose id it then holds).
 
         Raises:
             TypeError: If the arguments do not fit the function or are not JSON-serialisable.
             InvalidArgumentError: If the broker refused a field.
             UnavailableError: If the broker or its store could not be reached.
         """
-        spec = _convert.signature_spec(_convert.to_signature(task, args, kwargs))
-        response: task_service_pb2.EnqueueTaskResponse = self._call(
-            self._stub.EnqueueTask, task_service_pb2.EnqueueTaskRequest(task=spec), None)
-        return TaskHandle(response.task_id, self)
+        return self._submit(_convert.signature_spec(_convert.to_signature(task, args, kwargs)), None)
 
     def enqueue_many(self, signatures: Iterable[Signature], *,
                      timeout: float | None = None) -> builtins.list[TaskHandle]:
@@ -186,7 +220,9 @@ class Client:
         for request in _convert.batch_requests(signatures):
             response: task_service_pb2.BatchEnqueueTasksResponse = self._call(
                 self._stub.BatchEnqueueTasks, request, timeout)
-            handles.extend(TaskHandle(task_id, self) for task_id in response.task_ids)
+            duplicates = list(response.duplicates) or [False] * len(response.task_ids)
+            handles.extend(TaskHandle(task_id, self, duplicate)
+                           for task_id, duplicate in zip(response.task_ids, duplicates, strict=True))
         return handles
 
     def submit(self, queue: str, name: str, payload: bytes, *,
@@ -211,9 +247,7 @@ class Client:
             UnavailableError: If the broker or its store could not be reached.
         """
         spec = _convert.task_spec(name, bytes(payload), content_type, TaskOptions(queue=queue, **options))
-        response: task_service_pb2.EnqueueTaskResponse = self._call(
-            self._stub.EnqueueTask, task_service_pb2.EnqueueTaskRequest(task=spec), rpc_timeout)
-        return TaskHandle(response.task_id, self)
+        return self._submit(spec, rpc_timeout)
 
     def get(self, task_id: str, *, timeout: float | None = None) -> TaskInfo:
         """Reads one task.
@@ -347,6 +381,59 @@ class Client:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    # Queues and their limits.
+
+    def set_queue_limits(self, queue: str, *, max_running: int = 0, rate_per_second: float = 0.0,
+                         rate_burst: int = 0, timeout: float | None = None) -> QueueInfo:
+        """Replaces a queue's limits; every broker replica applies them at once.
+
+        Args:
+            queue: The queue.
+            max_running: Most tasks of the queue running at once; 0 for no limit.
+            rate_per_second: Most tasks started per second; 0 for no limit.
+            rate_burst: Tasks that may start at once after a quiet spell; 0 for
+                ``max(1, rate_per_second)``.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queue with its new limits.
+
+        Raises:
+            ValueError: If a limit is negative.
+            InvalidArgumentError: If the broker refused the queue name or a limit.
+        """
+        limits = QueueLimits(max_running=max_running, rate_per_second=rate_per_second, rate_burst=rate_burst)
+        response: admin_service_pb2.SetQueueLimitsResponse = self._call(
+            self._admin.SetQueueLimits, _queues.limits_request(queue, limits), timeout)
+        return _queues.queue_info(response.queue)
+
+    def get_queue(self, queue: str, *, timeout: float | None = None) -> QueueInfo:
+        """Reads a queue: its limits and how many tasks it holds in each state.
+
+        Args:
+            queue: The queue (one never submitted to answers zero counts).
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queue.
+        """
+        response: admin_service_pb2.GetQueueResponse = self._call(
+            self._admin.GetQueue, admin_service_pb2.GetQueueRequest(queue=queue), timeout)
+        return _queues.queue_info(response.queue)
+
+    def list_queues(self, *, timeout: float | None = None) -> builtins.list[QueueInfo]:
+        """Every queue ever submitted to (or given limits), by name.
+
+        Args:
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The queues.
+        """
+        response: admin_service_pb2.ListQueuesResponse = self._call(
+            self._admin.ListQueues, admin_service_pb2.ListQueuesRequest(), timeout)
+        return [_queues.queue_info(q) for q in response.queues]
 
     # Workflows.
 

@@ -96,7 +96,21 @@ def task_spec(name: str, payload: bytes, content_type: str, options: TaskOptions
         spec.schedule_to_start_timeout.CopyFrom(duration(options.schedule_to_start))
     if options.result_ttl is not None:
         spec.result_ttl.CopyFrom(duration(options.result_ttl))
+    _key_fields(spec, options)
     return spec
+
+
+def _key_fields(spec: task_service_pb2.TaskSpec, options: TaskOptions) -> None:
+    """Idempotency, unique and concurrency keys."""
+    if options.idempotency_key is not None:
+        spec.idempotency_key = options.idempotency_key
+        if options.idempotency_ttl is not None:
+            spec.idempotency_ttl.CopyFrom(duration(options.idempotency_ttl))
+    if options.unique_key is not None:
+        spec.unique_key = options.unique_key
+    if options.concurrency_key is not None:
+        spec.concurrency_key = options.concurrency_key
+        spec.concurrency_limit = options.concurrency_limit
 
 
 def signature_spec(sig: Signature) -> task_service_pb2.TaskSpec:
@@ -186,6 +200,8 @@ def task_info(message: task_pb2.Task) -> TaskInfo:
         reason=message.reason, cancel_requested=message.cancel_requested, progress=message.progress,
         progress_message=message.progress_message, worker_id=message.worker_id,
         result_ttl=_span(message, "result_ttl"),
+        idempotency_key=message.idempotency_key, unique_key=message.unique_key,
+        concurrency_key=message.concurrency_key, concurrency_limit=message.concurrency_limit,
         workflow_id=message.workflow_id, workflow_node=message.workflow_node, parent_ids=tuple(message.parent_ids),
     )
 

@@ -136,6 +136,10 @@ class TaskInfo:
         progress_message: Free-text progress message.
         worker_id: Id of the worker running (or that last ran) the task.
         result_ttl: How long the result is kept after the task finishes.
+        idempotency_key: The idempotency key it was submitted with, or ``""``.
+        unique_key: The unique key it holds while waiting or running, or ``""``.
+        concurrency_key: The concurrency key that limits how many such tasks run at once, or ``""``.
+        concurrency_limit: Most tasks with ``concurrency_key`` running at once (0 without a key).
         workflow_id: The workflow this task is a node of; empty for a lone task.
         workflow_node: The node's name within its workflow.
         parent_ids: Ids of the tasks it waits for (its parents in the workflow).
@@ -167,6 +171,10 @@ class TaskInfo:
     progress_message: str = ""
     worker_id: str = ""
     result_ttl: timedelta | None = None
+    idempotency_key: str = ""
+    unique_key: str = ""
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
     # Workflow links.
     workflow_id: str = ""
     workflow_node: str = ""

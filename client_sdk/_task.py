@@ -59,6 +59,14 @@ class TaskOptions:
         delay: Run no sooner than this many seconds after submission.
         run_at: Run no sooner than this time (timezone-aware). Exclusive with ``delay``.
         headers: String headers carried to the worker.
+        idempotency_key: Submitting again with this key (in this queue, within
+            ``idempotency_ttl``) stores nothing and answers the first task: client retries are safe.
+        idempotency_ttl: Seconds the idempotency key is remembered; None for the broker's (1 day).
+        unique_key: While a task with this key (in this queue) waits or runs, submitting another
+            answers that task instead of queuing a copy.
+        concurrency_key: Tasks with this key (in this queue) run at most ``concurrency_limit``
+            at once; the others wait without holding back the rest of the queue.
+        concurrency_limit: Most tasks with ``concurrency_key`` running at once, 1 to 10,000.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -75,6 +83,11 @@ class TaskOptions:
     delay: float | None = None
     run_at: datetime | None = None
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    idempotency_key: str | None = None
+    idempotency_ttl: float | None = None
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -95,6 +108,7 @@ class TaskOptions:
                 raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
             if self.delay is not None:
                 raise ValueError("give either delay or run_at, not both")
+        _check_keys(self)
         object.__setattr__(self, "dont_retry_on", _exception_types(self.dont_retry_on))
         object.__setattr__(self, "headers", _headers(self.headers))
 
@@ -120,6 +134,15 @@ class TaskOptions:
         if changes.get("run_at") is not None and "delay" not in changes:
             changes["delay"] = None
         return dataclasses.replace(self, **changes)
+
+
+def _check_keys(options: TaskOptions) -> None:
+    for name in ("idempotency_key", "unique_key", "concurrency_key"):
+        value = getattr(options, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+    _check_seconds("idempotency_ttl", options.idempotency_ttl, allow_zero=False)
+    _check_int("concurrency_limit", options.concurrency_limit, 1, 10_000)
 
 
 def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
@@ -152,6 +175,11 @@ class _SubmitOverrides(TypedDict, total=False):
     delay: float | None
     run_at: datetime | None
     headers: Mapping[str, str]
+    idempotency_key: str | None
+    idempotency_ttl: float | None
+    unique_key: str | None
+    concurrency_key: str | None
+    concurrency_limit: int
 
 
 class OptionOverrides(_SubmitOverrides, total=False):
@@ -348,6 +376,11 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    idempotency_key: str | None = None,
+    idempotency_ttl: float | None = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int = 1,
 ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
 
 
@@ -367,6 +400,11 @@ def task(
     schedule_to_start: float | None = None,
     result_ttl: float | None = None,
     dont_retry_on: tuple[type[BaseException], ...] = (),
+    idempotency_key: str | None = None,
+    idempotency_ttl: float | None = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int = 1,
 ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
     """Registers a function as a task; works bare (``@task``) or with options (``@task(...)``).
 
@@ -385,6 +423,15 @@ def task(
             else it ends EXPIRED; None for no limit.
         result_ttl: Seconds the result is kept; None for the broker default.
         dont_retry_on: Exception types that fail the task at once, without retries.
+        idempotency_key: Every submit of this definition shares the key: the first one within
+            ``idempotency_ttl`` is stored, the others answer it (at most once per TTL). A key per
+            submission is given per call: ``task.s(...).with_options(idempotency_key="order-7")``.
+        idempotency_ttl: Seconds the idempotency key is remembered; None for the broker's (1 day).
+        unique_key: At most one task of this definition waits or runs at a time: a submit while
+            one does answers it (``handle.duplicate``). Per call, use ``with_options``.
+        concurrency_key: Runs at most ``concurrency_limit`` tasks with this key at once, e.g. a
+            customer id given per call with ``with_options(concurrency_key=...)``.
+        concurrency_limit: Most tasks with ``concurrency_key`` running at once.
 
     Returns:
         The `TaskDefinition` (bare use), or a decorator that makes one.
@@ -396,6 +443,8 @@ def task(
         queue=queue, priority=priority, max_attempts=max_attempts, retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max, retry_jitter=retry_jitter, timeout=timeout, lease=lease,
         schedule_to_start=schedule_to_start, result_ttl=result_ttl, dont_retry_on=dont_retry_on,
+        idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl, unique_key=unique_key,
+        concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
     )
 
     def decorate(function: Callable[P, R]) -> TaskDefinition[P, R]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from client_sdk._client import Client
+from client_sdk._models import TaskInfo
 from client_sdk._task import signature
 from client_sdk._workflow import DAG, WorkflowInfo, WorkflowState
 
@@ -24,6 +25,13 @@ submit reads a JSON file: {"name": "etl", "nodes": [{"name": "fetch", "task": "a
 ("passing": none, first or list; by default a node with one parent gets its result first,
 one with several the list of their results, a root nothing).
 """
+
+
+def links_json(info: TaskInfo) -> dict[str, Any]:
+    """A task's workflow links for the CLI's JSON ({} for a lone task)."""
+    if not info.workflow_id:
+        return {}
+    return {"workflow": {"id": info.workflow_id, "node": info.workflow_node, "parent_ids": list(info.parent_ids)}}
 
 
 def workflow_json(info: WorkflowInfo, task_json: InfoJson) -> dict[str, Any]:

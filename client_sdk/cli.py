@@ -1,4 +1,5 @@
-"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list and workflow, printing JSON lines."""
+"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list, queue and workflow, printing JSON
+lines."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from client_sdk._errors import (
     UnavailableError,
 )
 from client_sdk._models import TaskInfo, TaskState
+from client_sdk._queues import QueueInfo
 from client_sdk._task import signature
 from client_sdk._workflow import WorkflowTimeoutError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "workflow")
+COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "workflow")
 DEFAULT_BROKER = "localhost:50051"
 BROKER_ENV = "CONVEYOR_BROKER"
 
@@ -86,15 +88,16 @@ def info_json(info: TaskInfo) -> dict[str, Any]:
     if info.error is not None:
         out["error"] = {"type": info.error.type, "message": info.error.message,
                         "traceback": info.error.traceback, "retryable": info.error.retryable}
-    for name in ("reason", "worker_id", "progress_message"):
+    for name in ("reason", "worker_id", "progress_message", "idempotency_key", "unique_key", "concurrency_key"):
         if getattr(info, name):
             out[name] = getattr(info, name)
+    if info.concurrency_key:
+        out["concurrency_limit"] = info.concurrency_limit
     if info.progress:
         out["progress"] = info.progress
     if info.cancel_requested:
         out["cancel_requested"] = True
-    if info.workflow_id:
-        out["workflow"] = {"id": info.workflow_id, "node": info.workflow_node, "parent_ids": list(info.parent_ids)}
+    out.update(_workflow_cli.links_json(info))
     return out
 
 
@@ -141,10 +144,16 @@ def _enqueue(client: Client, args: argparse.Namespace) -> int:
         overrides["delay"] = args.delay
     if args.max_attempts is not None:
         overrides["max_attempts"] = args.max_attempts
+    for name in ("idempotency_key", "idempotency_ttl", "unique_key", "concurrency_key", "concurrency_limit"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     sig = signature(args.name, *_json_arg(args.args, list, "--args"),
                     **_json_arg(args.kwargs, dict, "--kwargs")).with_options(**overrides)
     handle = client.enqueue(sig)
-    _emit({"id": handle.id, "queue": handle.queue, "name": args.name})
+    line: dict[str, Any] = {"id": handle.id, "queue": handle.queue, "name": args.name}
+    if handle.duplicate:
+        line["duplicate"] = True
+    _emit(line)
     if not args.wait:
         return EXIT_OK
     info = client.wait(handle.id, args.timeout)
@@ -174,6 +183,29 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         _emit(info_json(info))
         if args.limit and count >= args.limit:
             break
+    return EXIT_OK
+
+
+def queue_json(info: QueueInfo) -> dict[str, Any]:
+    """The JSON form of a queue printed by the CLI."""
+    limits = info.limits
+    return {"name": info.name,
+            "limits": {"max_running": limits.max_running, "rate_per_second": limits.rate_per_second,
+                       "rate_burst": limits.rate_burst},
+            "counts": {name: getattr(info, name) for name in ("scheduled", "queued", "running", "pending",
+                                                               "succeeded", "failed", "cancelled", "expired")}}
+
+
+def _queue(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "limits":
+        info = client.set_queue_limits(args.queue, max_running=args.max_running, rate_per_second=args.rate,
+                                       rate_burst=args.burst)
+        _emit(queue_json(info))
+    elif args.action == "show":
+        _emit(queue_json(client.get_queue(args.queue)))
+    else:
+        for info in client.list_queues():
+            _emit(queue_json(info))
     return EXIT_OK
 
 
@@ -211,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, help="0 (lowest, default) to 9 (highest)")
     p.add_argument("--max-attempts", type=int, help="attempts in all, the first one included [default 3]")
     p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="a header (repeatable)")
+    p.add_argument("--idempotency-key", help="a second submit with this key answers the first task")
+    p.add_argument("--idempotency-ttl", type=_positive, help="seconds the idempotency key is kept [default 1 day]")
+    p.add_argument("--unique-key", help="while a task with this key waits or runs, answer it instead of a copy")
+    p.add_argument("--concurrency-key", help="run at most --concurrency-limit tasks with this key at once")
+    p.add_argument("--concurrency-limit", type=int, help="with --concurrency-key: 1 to 10000 [default 1]")
     p.add_argument("--wait", action="store_true", help="wait for the task to finish and print it")
     p.add_argument("--timeout", type=_positive, default=60.0, help="with --wait: seconds to wait [default 60]")
 
@@ -232,6 +269,17 @@ def parser() -> argparse.ArgumentParser:
                    help="state to list [default queued]")
     p.add_argument("--page-size", type=int, default=100, help="tasks per call, 1 to 1000 [default 100]")
     p.add_argument("--limit", type=int, default=0, help="stop after this many tasks (0: all)")
+
+    p = command("queue", "show queues and set their limits", _queue)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    limits = actions.add_parser("limits", parents=[common], help="replace a queue's limits (0 or absent: none)")
+    limits.add_argument("queue", help="queue name")
+    limits.add_argument("--max-running", type=int, default=0, help="most tasks running at once")
+    limits.add_argument("--rate", type=_positive, default=0.0, help="most tasks started per second")
+    limits.add_argument("--burst", type=int, default=0, help="tasks that may start at once [default max(1, rate)]")
+    show = actions.add_parser("show", parents=[common], help="print a queue: limits and task counts")
+    show.add_argument("queue", help="queue name")
+    actions.add_parser("list", parents=[common], help="print every queue")
 
     _workflow_cli.add_commands(sub, common, _EPILOG, _emit, info_json)
     return top

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from conveyor.v1 import admin_service_pb2 as adm
 from conveyor.v1 import task_pb2
 from conveyor.v1 import worker_service_pb2 as ws
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from broker_service.domain import LeasedTask, TaskRecord
+from broker_service.domain import LeasedTask, QueueInfo, TaskRecord, TaskState
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp | None:
@@ -89,4 +90,25 @@ def assignment(leased: LeasedTask) -> ws.Assignment:
         parent_results=[ws.ParentResult(task_id=p.task_id, node=p.node, payload=p.payload,
                                         content_type=p.content_type) for p in leased.parent_results],
         result_passing=leased.result_passing,
+    )
+
+
+# Queues and their limits.
+
+def queue(info: QueueInfo) -> adm.Queue:
+    """A Queue message: limits and counts (held tasks count as queued)."""
+    counts = info.counts
+    limits = info.limits
+    return adm.Queue(
+        name=info.name,
+        limits=adm.QueueLimits(max_running=limits.max_running, rate_per_second=limits.rate_per_second,
+                               rate_burst=limits.rate_burst),
+        scheduled=counts.get(TaskState.SCHEDULED, 0),
+        queued=counts.get(TaskState.QUEUED, 0) + info.held,
+        running=counts.get(TaskState.RUNNING, 0),
+        pending=counts.get(TaskState.PENDING, 0),
+        succeeded=counts.get(TaskState.SUCCEEDED, 0),
+        failed=counts.get(TaskState.FAILED, 0),
+        cancelled=counts.get(TaskState.CANCELLED, 0),
+        expired=counts.get(TaskState.EXPIRED, 0),
     )

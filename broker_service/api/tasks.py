@@ -14,10 +14,10 @@ from conveyor.v1 import task_service_pb2_grpc as ts_grpc
 
 from broker_service.api import convert, validate
 from broker_service.api.errors import invalid_argument, server_stream, unary
-from broker_service.domain import NewTask, TaskRecord, TaskState
+from broker_service.domain import NewTask, TaskRecord, TaskState, make_task_id
 from broker_service.events import EventHub
 from broker_service.metrics import Metrics
-from broker_service.store.store import Store
+from broker_service.store.store import EnqueueResult, Store
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 MAX_PAGE_SIZE = 1000
@@ -36,7 +36,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
         self._wait_poll = wait_poll_seconds
         self._known_queues: set[str] = set()
 
-    async def _enqueue(self, tasks: list[NewTask]) -> dict[str, TaskState]:
+    async def _enqueue(self, tasks: list[NewTask]) -> dict[str, EnqueueResult]:
         by_queue: dict[str, list[NewTask]] = defaultdict(list)
         for task in tasks:
             by_queue[task.queue].append(task)
@@ -45,20 +45,23 @@ class TaskService(ts_grpc.TaskServiceServicer):
             await self._store.register_queues(new_queues)
             self._known_queues.update(new_queues)
         results = await asyncio.gather(*(self._store.enqueue(q, items) for q, items in by_queue.items()))
-        states: dict[str, TaskState] = {}
-        for queue, queue_results in zip(by_queue, results, strict=True):
-            self._metrics.enqueued.labels(queue).inc(len(queue_results))
-            for result in queue_results:
-                states[result.ulid] = result.state
-        return states
+        answers: dict[str, EnqueueResult] = {}  # by the submitted task's ulid
+        for (queue, items), queue_results in zip(by_queue.items(), results, strict=True):
+            self._metrics.enqueued.labels(queue).inc(sum(not r.duplicate for r in queue_results))
+            for task, result in zip(items, queue_results, strict=True):
+                answers[task.ulid] = result
+                if result.duplicate:
+                    self._metrics.duplicates.labels(queue, result.duplicate_kind).inc()
+        return answers
 
     @unary
     async def EnqueueTask(self, request: ts.EnqueueTaskRequest, context: Context) -> ts.EnqueueTaskResponse:
         if not request.HasField("task"):
             raise invalid_argument("task", "required")
         task = validate.task_spec(request.task, "task", self._limits, _now_ms())
-        states = await self._enqueue([task])
-        return ts.EnqueueTaskResponse(task_id=task.task_id, state=int(states[task.ulid]))
+        result = (await self._enqueue([task]))[task.ulid]
+        return ts.EnqueueTaskResponse(task_id=make_task_id(result.ulid, task.queue), state=_state(result),
+                                      duplicate=result.duplicate)
 
     @unary
     async def BatchEnqueueTasks(self, request: ts.BatchEnqueueTasksRequest,
@@ -70,8 +73,10 @@ class TaskService(ts_grpc.TaskServiceServicer):
                                    f"{self._limits.max_batch_size} per call")
         now = _now_ms()
         tasks = [validate.task_spec(spec, f"tasks[{i}]", self._limits, now) for i, spec in enumerate(request.tasks)]
-        await self._enqueue(tasks)
-        return ts.BatchEnqueueTasksResponse(task_ids=[t.task_id for t in tasks])
+        results = await self._enqueue(tasks)
+        return ts.BatchEnqueueTasksResponse(
+            task_ids=[make_task_id(results[t.ulid].ulid, t.queue) for t in tasks],
+            duplicates=[results[t.ulid].duplicate for t in tasks])
 
     @unary
     async def GetTask(self, request: ts.GetTaskRequest, context: Context) -> ts.GetTaskResponse:
@@ -145,6 +150,11 @@ class TaskService(ts_grpc.TaskServiceServicer):
 
 def _fingerprint(record: TaskRecord) -> tuple[Any, ...]:
     return (record.state, record.attempt, record.progress, record.progress_message, record.cancel_requested)
+
+
+def _state(result: EnqueueResult) -> int:
+    """The wire state of an enqueue's answer (UNSPECIFIED: a duplicate whose record has expired)."""
+    return 0 if result.state is None else int(result.state)
 
 
 def _now_ms() -> int:

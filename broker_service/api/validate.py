@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from conveyor.v1 import admin_service_pb2 as adm
 from conveyor.v1 import task_service_pb2 as ts
 from google.protobuf import duration_pb2
 
@@ -12,6 +13,7 @@ from broker_service.domain import (
     DEFAULT_CONTENT_TYPE,
     QUEUE_PATTERN,
     NewTask,
+    QueueLimits,
     RetryPolicy,
     TaskState,
     new_ulid,
@@ -181,3 +183,22 @@ def _key(value: str, field: str) -> str:
     if len(value) > MAX_KEY or not value.isprintable():
         raise invalid_argument(field, f"at most {MAX_KEY} printable characters")
     return value
+
+
+# Queue limits.
+MAX_RUNNING_LIMIT = 1_000_000
+MAX_RATE = 1_000_000.0
+MAX_BURST = 1_000_000
+
+
+def queue_limits(limits: adm.QueueLimits, path: str) -> QueueLimits:
+    """Checks a QueueLimits message; `path` prefixes field names ("limits")."""
+    if limits.max_running > MAX_RUNNING_LIMIT:
+        raise invalid_argument(f"{path}.max_running", f"must be between 0 and {MAX_RUNNING_LIMIT}")
+    rate = limits.rate_per_second
+    if not 0 <= rate <= MAX_RATE:  # NaN fails too
+        raise invalid_argument(f"{path}.rate_per_second", f"must be between 0 and {MAX_RATE:g}")
+    if limits.rate_burst > MAX_BURST:
+        raise invalid_argument(f"{path}.rate_burst", f"must be between 0 and {MAX_BURST}")
+    return QueueLimits(max_running=limits.max_running, rate_per_second=rate,
+                       rate_burst=limits.rate_burst if rate > 0 else 0)

@@ -29,7 +29,7 @@ from broker_service.domain import (
     parse_task_id,
 )
 from broker_service.metrics import Metrics
-from broker_service.store.store import Store
+from broker_service.store.store import LeaseBatch, Store
 
 log = logging.getLogger(__name__)
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
@@ -93,10 +93,16 @@ class WorkerSession:
         self._closed = False
         self._error: BaseException | None = None
         self._unsent: list[ws.Assignment] = []
+        self._slot_waits: set[str] = set()  # queues at their max_running with tasks left
 
     # Called from the dispatcher (event loop thread, never awaits).
     def wake(self) -> None:
         self._wake.set()
+
+    def slot_freed(self, queue: str) -> None:
+        """A task of `queue` left running: lease again if the queue's max_running held us back."""
+        if queue in self._slot_waits:
+            self._wake.set()
 
     def cancel_held(self, queue: str, ulids: set[str]) -> None:
         ids = [task_id for ulid in ulids if (task_id := f"{ulid}@{queue}") in self.held]
@@ -186,6 +192,7 @@ class WorkerSession:
                 raise invalid_argument(kind or "kind", "only the first message of a stream may be a hello")
 
     async def _dispatch(self) -> None:
+        clock = asyncio.get_running_loop()
         while not self._closed:
             if self._credits <= 0 or self._draining:
                 self._wake.clear()
@@ -193,10 +200,13 @@ class WorkerSession:
                 continue
             self._wake.clear()
             leased_any = False
+            retry_at: float | None = None
             for queue in self.queues:
                 if self._credits <= 0 or self._draining:
                     break
-                leased, expired = await self._store.lease(queue, min(self._credits, MAX_PUSH), self.worker_id)
+                batch = await self._store.lease(queue, min(self._credits, MAX_PUSH), self.worker_id)
+                leased, expired = batch.leased, batch.expired
+                retry_at = self._limited(queue, batch, retry_at, clock.time())
                 if expired:
                     self._metrics.expired.labels(queue).inc(len(expired))
                 if not leased:
@@ -213,8 +223,26 @@ class WorkerSession:
                 self._outbox.put_nowait(ws.BrokerMessage(assignments=ws.Assignments(
                     assignments=[convert.assignment(task) for task in leased])))
             if not leased_any:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+                timeout = self._settings.poll_seconds
+                if retry_at is not None:  # a rate limit's next token comes sooner than a wake-up
+                    timeout = min(timeout, retry_at - clock.time())
+                if timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _limited(self, queue: str, batch: LeaseBatch, retry_at: float | None, now: float) -> float | None:
+        """Notes what the queue's limits held back; answers the earliest time to lease again."""
+        if batch.slots_full:
+            self._slot_waits.add(queue)
+            self._metrics.lease_deferrals.labels(queue, "max_running").inc()
+        else:
+            self._slot_waits.discard(queue)
+        if batch.retry_ms > 0:
+            self._metrics.lease_deferrals.labels(queue, "rate").inc()
+        if batch.retry_ms < 0:
+            return retry_at
+        at = now + batch.retry_ms / 1000
+        return at if retry_at is None else min(retry_at, at)
 
     async def _per_queue(self, task_ids: Sequence[str], default: T,
                          call: Callable[[str, list[tuple[int, str]]], Awaitable[Sequence[T]]]) -> list[T]:

@@ -24,3 +24,4 @@ class Janitor(PeriodicLoop):
             await self._store.trim(queue, BATCH)
             for state, depth in (await self._store.depths(queue)).items():
                 self._metrics.depth.labels(queue, state.label).set(depth)
+            self._metrics.held.labels(queue).set(await self._store.held_count(queue))

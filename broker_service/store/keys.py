@@ -88,6 +88,44 @@ class QueueKeys:
         """Pub/sub channel of the queue's state changes (see KEYS.md for the message format)."""
         return f"{self.tag}:events"
 
+    # Locks and limits. The four prefixes below are completed with a user's key inside the
+    # scripts, the same exception as `task_prefix`: the tag comes first, so the slot stays the queue's.
+
+    @property
+    def idem_prefix(self) -> str:
+        """STRING per idempotency key: `<tag>:idem:<key>` -> ulid of the task it answers, PX its TTL."""
+        return f"{self.tag}:idem:"
+
+    @property
+    def uniq_prefix(self) -> str:
+        """STRING per unique key: `<tag>:uniq:<key>` -> ulid of the waiting or running task that holds it."""
+        return f"{self.tag}:uniq:"
+
+    @property
+    def conc_prefix(self) -> str:
+        """SET per concurrency key: `<tag>:conc:<key>` -> ulids of the running tasks with that key."""
+        return f"{self.tag}:conc:"
+
+    @property
+    def held_prefix(self) -> str:
+        """ZSET per concurrency key: `<tag>:held:<key>` -> tasks held back at the key's limit, queued score."""
+        return f"{self.tag}:held:"
+
+    @property
+    def held(self) -> str:
+        """ZSET of every task held back by its concurrency key (listed and counted as queued)."""
+        return f"{self.tag}:held"
+
+    @property
+    def limits(self) -> str:
+        """HASH of the queue's limits: `max_running`, `rate` (tasks/s), `burst`; absent = none."""
+        return f"{self.tag}:limits"
+
+    @property
+    def bucket(self) -> str:
+        """HASH of the rate limit's token bucket: `tokens`, `ts` (Redis TIME, microseconds)."""
+        return f"{self.tag}:bucket"
+
     def by_state(self, state: TaskState) -> str:
         """The index that holds the queue's tasks in `state`."""
         return {

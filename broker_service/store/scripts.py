@@ -22,20 +22,30 @@ log = logging.getLogger(__name__)
 # The KEYS of every script, in order: each name is a QueueKeys attribute, or a key the wrapper
 # passes itself (list_page's `index`). The header of each .lua file lists the same names.
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
-    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending"),
-    "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events", "wf_outbox"),
+    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending", "idem_prefix",
+                "uniq_prefix"),
+    "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events", "limits",
+              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
     "extend": ("task_prefix", "running"),
-    "complete": ("task_prefix", "running", "succeeded", "events", "wf_outbox"),
-    "fail": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "wf_outbox"),
-    "cancel_running": ("task_prefix", "running", "cancelled", "events", "wf_outbox"),
-    "release": ("task_prefix", "running", "queued", "cancelled", "start_deadlines", "events", "wf_outbox"),
+    "complete": ("task_prefix", "running", "succeeded", "events", "queued", "held", "conc_prefix", "held_prefix",
+                 "uniq_prefix", "wf_outbox"),
+    "fail": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
+             "held_prefix", "uniq_prefix", "wf_outbox"),
+    "cancel_running": ("task_prefix", "running", "cancelled", "events", "queued", "held", "conc_prefix",
+                       "held_prefix", "uniq_prefix", "wf_outbox"),
+    "release": ("task_prefix", "running", "queued", "cancelled", "start_deadlines", "events", "held", "conc_prefix",
+                "held_prefix", "uniq_prefix", "wf_outbox"),
     "progress": ("task_prefix", "events"),
-    "cancel": ("task_prefix", "queued", "scheduled", "start_deadlines", "cancelled", "events", "pending", "wf_outbox"),
-    "reap": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "wf_outbox"),
+    "cancel": ("task_prefix", "queued", "scheduled", "start_deadlines", "cancelled", "events", "held", "held_prefix",
+               "uniq_prefix", "pending", "wf_outbox"),
+    "reap": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
+             "held_prefix", "uniq_prefix", "wf_outbox"),
     "promote": ("task_prefix", "scheduled", "queued", "events"),
-    "expire": ("task_prefix", "start_deadlines", "queued", "scheduled", "expired", "events", "wf_outbox"),
+    "expire": ("task_prefix", "start_deadlines", "queued", "scheduled", "expired", "events", "held", "held_prefix",
+               "uniq_prefix", "wf_outbox"),
     "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
     "list_page": ("index", "task_prefix"),
+    "set_limits": ("limits", "events"),
     # Workflows: the graph lives under the workflow's own tag (WorkflowKeys); unblock in a queue's.
     "create_workflow": ("record", "events"),
     "settle_node": ("record", "events"),
@@ -111,7 +121,7 @@ class Scripts:
 
     # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
 
-    async def enqueue(self, queue: QueueKeys, tasks: Sequence[NewTask]) -> list[bytes]:
+    async def enqueue(self, queue: QueueKeys, tasks: Sequence[NewTask]) -> list[Any]:
         args: list[Arg] = []
         for task in tasks:
             retry = task.retry
@@ -194,6 +204,10 @@ class Scripts:
         score, member = after or ("", "")
         args: list[Arg] = [page_size, score, member, *fields]
         return list(await self.run("list_page", script_keys("list_page", queue, {"index": index}), args))
+
+    async def set_limits(self, queue: QueueKeys, max_running: int, rate: float, burst: int) -> int:
+        args: list[Arg] = [max_running, _num(rate), burst]
+        return int(await self.run("set_limits", script_keys("set_limits", queue), args))
 
     # Workflows.
 

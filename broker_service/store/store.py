@@ -15,7 +15,7 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -29,6 +29,8 @@ from broker_service.domain import (
     LeasedTask,
     LeaseState,
     NewTask,
+    QueueInfo,
+    QueueLimits,
     ReapResult,
     Settlement,
     TaskNotFoundError,
@@ -54,6 +56,9 @@ from broker_service.store.records import (
 from broker_service.store.scripts import Scripts
 
 _CURSOR_VERSION = "1"
+# Listing QUEUED goes on, after the `queued` index, into the tasks held back by their concurrency
+# key: a cursor in that second part carries this prefix (base64 never holds a dot).
+_HELD_CURSOR = "h."
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,20 @@ class EnqueueResult:
     """What an enqueue did to one task."""
 
     ulid: str
-    state: TaskState  # QUEUED or SCHEDULED (an existing ulid: its current state, left untouched)
+    state: TaskState | None  # QUEUED or SCHEDULED (an existing ulid: its current state, left untouched)
     duplicate: bool = False  # an idempotency or unique key matched: `ulid` is the existing task's
+    # Which key matched ("idempotency" or "unique"); a duplicate's state is None when the record
+    # of the task its idempotency key names has already expired.
+    duplicate_kind: str = ""
+
+
+class LeaseBatch(NamedTuple):
+    """What one lease call did, and when to call again under the queue's limits."""
+
+    leased: list[LeasedTask]
+    expired: list[str]
+    retry_ms: int = -1  # > 0: the rate limit held tasks back, next token in ms; 0: call again now
+    slots_full: bool = False  # max_running held tasks back: call again when a task leaves running
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +159,24 @@ class Store:
         else to `queued`. Sets start_by when start_timeout_ms > 0 (due + timeout). Publishes
         `wake` when `queued` was empty before and now is not. A ulid that already exists is
         left as it is and answers its current state, so retrying an enqueue is harmless.
+
+        Idempotency and unique keys: a task whose key names an existing task (see enqueue.lua)
+        stores nothing; its result carries that task's ulid and state, `duplicate` set.
         """
         if not tasks:
             return []
         for task in tasks:
             if task.queue != queue:
                 raise ValueError(f"task {task.ulid} belongs to queue {task.queue!r}, not {queue!r}")
-        states = await self.scripts.enqueue(self.queue_keys(queue), tasks)
-        return [EnqueueResult(task.ulid, TaskState.from_label(text(state)))
-                for task, state in zip(tasks, states, strict=True)]
+        flat = await self.scripts.enqueue(self.queue_keys(queue), tasks)
+        if len(flat) != 3 * len(tasks):
+            raise ValueError(f"enqueue answered {len(flat)} entries for {len(tasks)} tasks")
+        results = []
+        for i in range(0, len(flat), 3):
+            state, ulid, kind = text(flat[i]), text(flat[i + 1]), text(flat[i + 2])
+            results.append(EnqueueResult(ulid, TaskState.from_label(state) if state else None,
+                                         duplicate=bool(kind), duplicate_kind=kind))
+        return results
 
     async def get(self, queue: str, ulid: str) -> TaskRecord:
         """Reads one task (HGETALL). Raises TaskNotFoundError."""
@@ -160,7 +186,7 @@ class Store:
             raise TaskNotFoundError(f"task {ulid}@{queue}")
         return record_from_hash(ulid, queue, raw)
 
-    async def lease(self, queue: str, count: int, worker_id: str) -> tuple[list[LeasedTask], list[str]]:
+    async def lease(self, queue: str, count: int, worker_id: str) -> LeaseBatch:
         """Pops up to `count` ready tasks by priority and leases them to `worker_id` (lease.lua).
 
         Each leased task: attempt += 1, state running, token = INCR seq, started = now,
@@ -168,11 +194,16 @@ class Store:
         A popped task past its start_by deadline is EXPIRED instead (reason "schedule_to_start")
         and does not count toward `count`. Returns (leased, expired ulids). Publishes `running`.
         The start_by deadline applies until a task's first start (attempt 0).
+
+        The queue's limits cap `count` (max_running, the rate's token bucket); a task whose
+        concurrency key is at its limit is held back. `retry_ms` and `slots_full` say when to
+        lease again if tasks are left.
         """
         if count <= 0:
-            return [], []
+            return LeaseBatch([], [])
         reply = await self.scripts.lease(self.queue_keys(queue), count, worker_id)
-        return leased_from_reply(queue, reply)
+        leased, expired = leased_from_reply(queue, reply)
+        return LeaseBatch(leased, expired, int(reply[3]), int(reply[4]) == 1)
 
     async def extend(self, queue: str, leases: list[Lease], worker_id: str) -> list[LeaseState]:
         """Renews leases (extend.lua); also the re-claim of a reconnecting worker.
@@ -297,9 +328,12 @@ class Store:
         """
         if page_size <= 0:
             raise ValueError(f"page_size must be positive, got {page_size}")
-        after = _decode_cursor(cursor, queue, state) if cursor else None
         keys = self.queue_keys(queue)
-        more, flat = await self.scripts.list_page(keys, keys.by_state(state), page_size, after, LIST_FIELDS)
+        index = keys.by_state(state)
+        if state is TaskState.QUEUED and cursor.startswith(_HELD_CURSOR):
+            index, cursor = keys.held, cursor[len(_HELD_CURSOR):]
+        after = _decode_cursor(cursor, queue, state) if cursor else None
+        more, flat = await self.scripts.list_page(keys, index, page_size, after, LIST_FIELDS)
         width = 2 + len(LIST_FIELDS)
         tasks = []
         last: tuple[str, str] | None = None
@@ -310,6 +344,12 @@ class Store:
             if values["state"] is not None:  # else the record expired before its index entry went
                 tasks.append(record_from_fields(ulid, queue, values))
         next_cursor = _encode_cursor(queue, state, last) if more and last else ""
+        if index == keys.held and next_cursor:
+            next_cursor = _HELD_CURSOR + next_cursor
+        elif state is TaskState.QUEUED and index == keys.queued and not next_cursor:
+            with redis_errors():
+                if await self.redis.zcard(keys.held):
+                    next_cursor = _HELD_CURSOR  # the held tasks come after the queued ones
         return Page(tasks=tasks, next_cursor=next_cursor)
 
     async def depths(self, queue: str) -> dict[TaskState, int]:
@@ -323,6 +363,44 @@ class Store:
                 sizes = await pipe.execute()
         return {state: int(size) for state, size in zip(states, sizes, strict=True)}
 
+
+    # Queues and their limits ---------------------------------------------------------------
+
+    async def set_limits(self, queue: str, limits: QueueLimits) -> None:
+        """Replaces a queue's limits (set_limits.lua; all zero clears them) and wakes its dispatchers."""
+        await self.scripts.set_limits(self.queue_keys(queue), limits.max_running, limits.rate_per_second,
+                                      limits.rate_burst)
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """A queue's limits and how many tasks each of its indexes holds, in one round trip."""
+        return (await self.queue_infos([queue]))[0]
+
+    async def queue_infos(self, queues: list[str]) -> list[QueueInfo]:
+        """`queue_info` of many queues, in one round trip."""
+        states = list(TaskState)
+        with redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    keys = self.queue_keys(queue)
+                    pipe.hmget(keys.limits, "max_running", "rate", "burst")
+                    pipe.zcard(keys.held)
+                    for state in states:
+                        pipe.zcard(keys.by_state(state))
+                replies = await pipe.execute()
+        infos = []
+        width = 2 + len(states)
+        for n, queue in enumerate(queues):
+            (max_running, rate, burst), held, *sizes = replies[n * width:(n + 1) * width]
+            limits = QueueLimits(max_running=int(max_running or 0), rate_per_second=float(rate or 0),
+                                 rate_burst=int(burst or 0))
+            infos.append(QueueInfo(queue, limits, {s: int(c) for s, c in zip(states, sizes, strict=True)},
+                                   held=int(held)))
+        return infos
+
+    async def held_count(self, queue: str) -> int:
+        """How many tasks of the queue are held back by their concurrency key."""
+        with redis_errors():
+            return int(await self.redis.zcard(self.queue_keys(queue).held))
 
     # Workflows: the graph under the workflow's own tag, the outbox and pending index per queue.
 

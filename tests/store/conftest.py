@@ -50,7 +50,7 @@ class StoreHarness:
         return [t.ulid for t in tasks]
 
     def lease(self, count: int = 1, worker: str = "w1") -> list[LeasedTask]:
-        leased, _ = self.run(self.store.lease(self.queue, count, worker))
+        leased, *_ = self.run(self.store.lease(self.queue, count, worker))
         return leased
 
     def running(self, count: int = 1, **options: Any) -> list[Lease]:

@@ -91,7 +91,7 @@ class RecordingScripts(Scripts):
 
     async def run(self, name: str, keys: Any, args: Any) -> Any:
         self.calls.append((name, list(keys), list(args)))
-        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "create_workflow": 1}.get(name, [])
+        return {"promote": 0, "trim": 0, "cancel": b"cancelled", "set_limits": 0, "create_workflow": 1}.get(name, [])
 
 
 def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
@@ -114,6 +114,7 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "expire": lambda: scripts.expire(QUEUE, 10),
         "trim": lambda: scripts.trim(QUEUE, 10),
         "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
+        "set_limits": lambda: scripts.set_limits(QUEUE, 5, 2.5, 10),
         "create_workflow": lambda: scripts.create_workflow(WORKFLOW, "wf", 1000, [("a", "t@q", "", "")] * items),
         "settle_node": lambda: scripts.settle_node(WORKFLOW, "a", "succeeded"),
         "cancel_workflow": lambda: scripts.cancel_workflow(WORKFLOW, "why"),

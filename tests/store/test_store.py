@@ -101,7 +101,7 @@ def test_the_store_keeps_working_across_a_server_restart() -> None:
 
         for _ in range(50):  # the first calls may meet the dropped connection
             try:
-                leased, _ = run(store.lease("restart", 1, "w"))
+                leased, *_ = run(store.lease("restart", 1, "w"))
                 break
             except StoreUnavailableError:
                 loop.run_until_complete(asyncio.sleep(0.05))

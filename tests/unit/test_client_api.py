@@ -18,6 +18,8 @@ EXPECTED = {
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "QueueInfo",
+    "QueueLimits",
     "RemoteError",
     "RetryPolicy",
     "Signature",
@@ -90,7 +92,7 @@ def test_public_signatures_mention_no_protobuf_type() -> None:
 
 
 def test_cli_names_its_commands() -> None:
-    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "workflow")
+    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "queue", "workflow")
     assert callable(cli.main)
 
 

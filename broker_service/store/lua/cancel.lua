@@ -6,16 +6,21 @@
 -- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
 -- KEYS[5] cancelled        ZSET     cancelled tasks, score record expiry ms
 -- KEYS[6] events           channel  the queue's pub/sub channel
--- KEYS[7] pending          ZSET     workflow nodes waiting for their parents
--- KEYS[8] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[8] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[10] pending         ZSET     workflow nodes waiting for their parents
+-- KEYS[11] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] ulid    string  the task's ulid
 -- ARGV[2] reason  string  why ('' = "cancelled"), stored as `reason`
 --
 -- Returns: "cancelled" when a scheduled, queued or pending task ended CANCELLED (kept `ttl`
 --   ms); "running" when the task runs: `cancel` is set and its worker must be told.
--- Publishes: `cancelled <ulid>` or `cancel <ulid>`; `workflow <ulid>` when a workflow node ended
---   (added to `wf_outbox`).
+-- Limits: a waiting task that ends releases its unique key; one held back by its concurrency
+--   key leaves the held sets; a queued one lets the oldest held task of its key go to `queued`.
+-- Publishes: `cancelled <ulid>` or `cancel <ulid>`; `queued <ulid>` (a held task let go); `workflow <ulid>`
+--   when a workflow node ended (added to `wf_outbox`).
 -- Errors: NOT_FOUND (no such task or its record expired), TERMINAL (already finished).
 
 local task_prefix = KEYS[1]
@@ -24,13 +29,49 @@ local scheduled = KEYS[3]
 local start_deadlines = KEYS[4]
 local cancelled = KEYS[5]
 local events = KEYS[6]
-local pending = KEYS[7]
-local wf_outbox = KEYS[8]
+local held = KEYS[7]
+local held_prefix = KEYS[8]
+local uniq_prefix = KEYS[9]
+local pending = KEYS[10]
+local wf_outbox = KEYS[11]
 local ulid = ARGV[1]
 local reason = ARGV[2]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- limits: unique keys and held tasks of waiting tasks that end ---------------------------------
+local unheld = {}
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+-- A waiting task ended: releases its unique key if it still holds it; held back, it leaves the
+-- held sets, else, when it was queued, it lets one held task of its concurrency key go.
+local function limits_ended(key, ulid, was_queued)
+  local x = redis.call('HMGET', key, 'uniq', 'ckey')
+  if x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
+  if x[2] and was_queued then
+    if redis.call('ZREM', held, ulid) == 1 then
+      redis.call('ZREM', held_prefix .. x[2], ulid)
+    else
+      let_one_go(x[2])
+    end
+  end
+end
+-- end limits ------------------------------------------------------------------------------------
 
 if reason == '' then reason = 'cancelled' end
 local key = task_prefix .. ulid
@@ -52,10 +93,12 @@ if state == 'queued' or state == 'scheduled' or state == 'pending' then
   if state == 'scheduled' then redis.call('ZREM', scheduled, ulid) end
   if state == 'pending' then redis.call('ZREM', pending, ulid) end
   redis.call('ZREM', start_deadlines, ulid)
+  limits_ended(key, ulid, state == 'queued') -- limits
   redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', reason)
   redis.call('PEXPIREAT', key, now + ttl)
   redis.call('ZADD', cancelled, now + ttl, ulid)
   redis.call('PUBLISH', events, 'cancelled ' .. ulid)
+  if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
   -- workflow outbox: a node that ended, for its workflow to advance (broker_service/workflows.py)
   if f[3] then
     redis.call('ZADD', wf_outbox, now, ulid)

@@ -4,7 +4,12 @@
 -- KEYS[2] running      ZSET     leased tasks
 -- KEYS[3] cancelled    ZSET     cancelled tasks, score record expiry ms
 -- KEYS[4] events       channel  the queue's pub/sub channel
--- KEYS[5] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[5] queued       ZSET     ready tasks
+-- KEYS[6] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[7] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[8] held_prefix  prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[9] uniq_prefix  prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[10] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1..] 2 per lease:
 --   ulid   string  the task's ulid
@@ -12,14 +17,21 @@
 --
 -- Returns: array, one integer per lease: 1 if it was current (now CANCELLED, kept `ttl` ms),
 --   0 if stale.
--- Publishes: `cancelled <ulids>`. `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
+-- Limits: the task releases its unique key and its concurrency slot; the oldest task held back by
+--   its concurrency key goes back to `queued` in its old place.
+-- Publishes: `cancelled <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local running = KEYS[2]
 local cancelled = KEYS[3]
 local events = KEYS[4]
-local wf_outbox = KEYS[5]
+local queued = KEYS[5]
+local held = KEYS[6]
+local conc_prefix = KEYS[7]
+local held_prefix = KEYS[8]
+local uniq_prefix = KEYS[9]
+local wf_outbox = KEYS[10]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,7 +42,38 @@ local function in_chunks(cmd, key, args)
   end
 end
 
-local answers, done_ids, to_cancel, wf_done = {}, {}, {}, {}
+-- limits: unique keys and concurrency slots of tasks that leave running -------------------------
+local unheld = {}
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+-- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
+-- of its key go; when it ended, releases its unique key if it still holds it.
+local function limits_left(key, ulid, ended)
+  local x = redis.call('HMGET', key, 'uniq', 'ckey')
+  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
+  if x[2] then
+    redis.call('SREM', conc_prefix .. x[2], ulid)
+    let_one_go(x[2])
+  end
+end
+-- end limits ------------------------------------------------------------------------------------
+
+local answers, done_ids, to_cancel = {}, {}, {}
+local wf_done = {}
 for i = 1, #ARGV, 2 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
@@ -47,6 +90,7 @@ for i = 1, #ARGV, 2 do
     end
     if f[5] then redis.call('HDEL', key, 'cancel') end
     redis.call('PEXPIREAT', key, now + ttl)
+    limits_left(key, ulid, true)
     to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
     done_ids[#done_ids + 1] = ulid
     if f[6] then wf_done[#wf_done + 1] = ulid end
@@ -57,6 +101,7 @@ end
 in_chunks('ZREM', running, done_ids)
 in_chunks('ZADD', cancelled, to_cancel)
 if #done_ids > 0 then redis.call('PUBLISH', events, 'cancelled ' .. table.concat(done_ids, ' ')) end
+if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
 -- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
 if #wf_done > 0 then
   local entries = {}

@@ -6,6 +6,8 @@
 -- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
 -- KEYS[5] events           channel  the queue's pub/sub channel
 -- KEYS[6] pending          ZSET     workflow nodes waiting for their parents, score created ms
+-- KEYS[7] idem_prefix      prefix   `{ns:q}:idem:`; an idempotency key appended names its STRING
+-- KEYS[8] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 --
 -- ARGV[1..] 27 per task:
 --   ulid           string  the task's ulid
@@ -41,9 +43,18 @@
 -- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
 -- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
 --
--- Returns: array, one state label per task: "queued", "scheduled" or "pending"; a ulid that
---   already exists is left untouched and answers its current state (a retried enqueue is
---   idempotent).
+-- Idempotency key: the first task with `idem` takes `{ns:q}:idem:<idem>` (its ulid, PX idem_ttl);
+-- while that key lives, a task with the same `idem` stores nothing and answers the holder (also
+-- when the holder's record has expired: then with state ''). Unique key: a task with `uniq` takes
+-- `{ns:q}:uniq:<uniq>` while it waits or runs (the scripts that end a task release it); a task with
+-- the same `uniq` stores nothing and answers the holder, and its `idem`, if any, then names the
+-- holder too. A holder that no longer waits or runs does not count. Within one call the checks
+-- see the tasks written before, so the second of two tasks sharing a key is a duplicate.
+--
+-- Returns: flat array, 3 entries per task: state label ("queued", "scheduled" or "pending";
+--   for a duplicate the holder's state, '' when its record is gone), ulid (the holder's for a
+--   duplicate), duplicate kind ('' = none, "idempotency" or "unique"). A ulid that already
+--   exists is left untouched and answers its current state (a retried enqueue is idempotent).
 -- Publishes: `wake` when `queued` was empty before and now is not.
 -- Errors: none.
 
@@ -53,6 +64,8 @@ local scheduled = KEYS[3]
 local start_deadlines = KEYS[4]
 local events = KEYS[5]
 local pending = KEYS[6]
+local idem_prefix = KEYS[7]
+local uniq_prefix = KEYS[8]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,6 +75,36 @@ local function in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
+
+-- limits: idempotency and unique keys ------------------------------------------------------
+local LIVE = {pending = true, scheduled = true, queued = true, running = true}
+
+-- The task an idempotency or unique key already names: ulid, state, which key matched (or nil).
+local function taken(idem, idem_ttl, uniq)
+  if idem ~= '' then
+    local holder = redis.call('GET', idem_prefix .. idem)
+    if holder then
+      return holder, redis.call('HGET', task_prefix .. holder, 'state') or '', 'idempotency'
+    end
+  end
+  if uniq ~= '' then
+    local holder = redis.call('GET', uniq_prefix .. uniq)
+    if holder then
+      local state = redis.call('HGET', task_prefix .. holder, 'state')
+      if state and LIVE[state] then
+        if idem ~= '' then redis.call('SET', idem_prefix .. idem, holder, 'PX', idem_ttl) end
+        return holder, state, 'unique'
+      end
+    end
+  end
+  return nil
+end
+
+local function claim(ulid, idem, idem_ttl, uniq)
+  if idem ~= '' then redis.call('SET', idem_prefix .. idem, ulid, 'PX', idem_ttl) end
+  if uniq ~= '' then redis.call('SET', uniq_prefix .. uniq, ulid) end
+end
+-- end limits ----------------------------------------------------------------------------------
 
 local was_empty = redis.call('ZCARD', queued) == 0
 local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
@@ -90,8 +133,12 @@ for i = 1, #ARGV, 27 do
 
   local key = task_prefix .. ulid
   local existing = redis.call('HGET', key, 'state')
+  local holder, held_state, kind
+  if not existing then holder, held_state, kind = taken(ARGV[i + 17], ARGV[i + 18], ARGV[i + 19]) end
   if existing then
-    answers[#answers + 1] = existing
+    answers[#answers + 1] = existing; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
+  elseif holder then
+    answers[#answers + 1] = held_state; answers[#answers + 1] = holder; answers[#answers + 1] = kind
   else
     local due = now + delay
     if run_at > 0 then due = run_at end
@@ -132,7 +179,8 @@ for i = 1, #ARGV, 27 do
     else
       to_schedule[#to_schedule + 1] = due; to_schedule[#to_schedule + 1] = ulid
     end
-    answers[#answers + 1] = state
+    claim(ulid, ARGV[i + 17], ARGV[i + 18], ARGV[i + 19])
+    answers[#answers + 1] = state; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
   end
 end
 

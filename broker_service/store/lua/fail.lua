@@ -7,7 +7,11 @@
 -- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
 -- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
 -- KEYS[7] events       channel  the queue's pub/sub channel
--- KEYS[8] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[8] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] dl_ttl  int  how long a dead-lettered record is kept, ms
 -- ARGV[2] dl_max  int  most tasks kept in the dead-letter set (the oldest are deleted)
@@ -26,6 +30,8 @@
 --   ends FAILED (reason non_retryable / attempts_exhausted); otherwise the retry waits
 --   min(b_max, b_init * b_mult^(attempt-1)) * (1 - b_jit * r) ms (or retry_after), a zero
 --   delay going straight to `queued` (reason retry).
+-- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
+--   back to `queued`); a task that ends releases its unique key, a retried one keeps it.
 -- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
@@ -36,7 +42,11 @@ local scheduled = KEYS[4]
 local failed = KEYS[5]
 local cancelled = KEYS[6]
 local events = KEYS[7]
-local wf_outbox = KEYS[8]
+local held = KEYS[8]
+local conc_prefix = KEYS[9]
+local held_prefix = KEYS[10]
+local uniq_prefix = KEYS[11]
+local wf_outbox = KEYS[12]
 local dl_ttl = tonumber(ARGV[1])
 local dl_max = tonumber(ARGV[2])
 
@@ -48,6 +58,36 @@ local function in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
+
+-- limits: unique keys and concurrency slots of tasks that leave running -------------------------
+local unheld = {}
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+-- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
+-- of its key go; when it ended, releases its unique key if it still holds it.
+local function limits_left(key, ulid, ended)
+  local x = redis.call('HMGET', key, 'uniq', 'ckey')
+  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
+  if x[2] then
+    redis.call('SREM', conc_prefix .. x[2], ulid)
+    let_one_go(x[2])
+  end
+end
+-- end limits ------------------------------------------------------------------------------------
 
 local function publish(kind, ids)
   if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
@@ -88,6 +128,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
+      limits_left(key, ulid, true)
       if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'cancelled'
     elseif e_retry == '0' or attempt >= tonumber(f[4]) then
@@ -97,6 +138,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead_ids[#dead_ids + 1] = ulid
+      limits_left(key, ulid, true)
       if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'dead'
     else
@@ -117,6 +159,7 @@ for i = 3, #ARGV, 8 do
         to_schedule[#to_schedule + 1] = now + delay; to_schedule[#to_schedule + 1] = ulid
         scheduled_ids[#scheduled_ids + 1] = ulid
       end
+      limits_left(key, ulid, false)
       answers[#answers + 1] = 'retrying'
     end
   end
@@ -134,6 +177,7 @@ if #to_dead > 0 then
     for j = 1, #gone, 2 do redis.call('DEL', task_prefix .. gone[j]) end
   end
 end
+for _, u in ipairs(unheld) do queued_ids[#queued_ids + 1] = u end -- limits
 publish('queued', queued_ids)
 publish('scheduled', scheduled_ids)
 publish('failed', dead_ids)

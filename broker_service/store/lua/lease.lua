@@ -7,18 +7,35 @@
 -- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
 -- KEYS[6] sequence         STRING   fencing token counter
 -- KEYS[7] events           channel  the queue's pub/sub channel
--- KEYS[8] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[8] limits           HASH     the queue's limits: max_running, rate, burst (absent = none)
+-- KEYS[9] bucket           HASH     the rate limit's token bucket: tokens, ts (microseconds)
+-- KEYS[10] held            ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[11] conc_prefix     prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[12] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[13] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[14] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] count      int     most tasks to lease (expired ones do not count)
 -- ARGV[2] worker_id  string  the worker that receives them
 --
--- Returns: {now, leased, expired}: `now` the lease time (ms, = started of every leased task);
+-- Limits: at most max_running - |running| tasks are leased, and no more than the whole tokens of
+--   the bucket (refilled at `rate` per second up to `burst`, Redis TIME; a missing bucket is
+--   full). A popped task whose concurrency key already has `climit` running tasks is held back:
+--   moved from `queued` to `held` and its key's held set (same score, state stays queued), so it
+--   is not popped again until a task of its key leaves (see complete.lua). An expired task
+--   releases its unique key and lets one held task of its concurrency key go back to `queued`.
+--
+-- Returns: {now, leased, expired, retry_ms, slots_full}: `now` the lease time (ms, = started of every leased task);
 --   `leased` flat, 13 entries per task: ulid, name, payload, ctype, headers, attempt, max,
 --   token, lease, timeout, due, presults, rpass (payload/ctype/headers/timeout and a workflow
 --   node's parents' results and result passing nil when absent); `expired` the
 --   ulids that were past their schedule-to-start deadline and ended EXPIRED instead.
 --   A task is checked against start_by only before its first start (attempt 0).
--- Publishes: `running <ulids>`, `expired <ulids>`. `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
+--   `retry_ms` -1 when there is nothing to call again for; >0 when the rate limit stopped the
+--   lease with tasks left: the ms until the next token; 0 when tasks are left that this call's
+--   bounds left unseen (call again now). `slots_full` 1 when max_running stopped the lease with
+--   tasks left (call again when a task of the queue leaves running), else 0.
+-- Publishes: `running <ulids>`, `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -28,7 +45,13 @@ local start_deadlines = KEYS[4]
 local expired = KEYS[5]
 local sequence = KEYS[6]
 local events = KEYS[7]
-local wf_outbox = KEYS[8]
+local limits = KEYS[8]
+local bucket = KEYS[9]
+local held = KEYS[10]
+local conc_prefix = KEYS[11]
+local held_prefix = KEYS[12]
+local uniq_prefix = KEYS[13]
+local wf_outbox = KEYS[14]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
@@ -43,8 +66,69 @@ local function in_chunks(cmd, key, args)
   end
 end
 
-local picked, expired_ids, expired_scores, unstart, wf_done = {}, {}, {}, {}, {}
-while #picked < count and #expired_ids < MAX_EXPIRED do
+-- limits: queue caps, concurrency keys, unique keys ------------------------------------------
+local MAX_HELD = 1000 -- bounds one call's work when many tasks of a busy key are queued
+local lim = redis.call('HMGET', limits, 'max_running', 'rate', 'burst')
+local max_running = tonumber(lim[1] or '0')
+local rate = tonumber(lim[2] or '0')
+local burst = tonumber(lim[3] or '0')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local slots_full, tokens = 0, 0
+if max_running > 0 then
+  local room = max_running - redis.call('ZCARD', running)
+  if room < count then
+    count = math.max(room, 0)
+    slots_full = 1
+  end
+end
+if rate > 0 then
+  if burst <= 0 then burst = math.max(1, rate) end
+  local b = redis.call('HMGET', bucket, 'tokens', 'ts')
+  tokens = burst
+  if b[1] then tokens = math.min(burst, tonumber(b[1]) + (now_us - tonumber(b[2])) * rate / 1e6) end
+  if math.floor(tokens) < count then count = math.floor(tokens) end
+end
+
+local held_ids, unheld = {}, {}
+
+-- Holds the popped task back when its concurrency key is at its limit; else counts it running.
+local function held_back(ulid, key, score)
+  local c = redis.call('HMGET', key, 'ckey', 'climit')
+  if not c[1] then return false end
+  local members = conc_prefix .. c[1]
+  if redis.call('SCARD', members) >= tonumber(c[2] or '1') then
+    redis.call('ZADD', held_prefix .. c[1], score, ulid)
+    redis.call('ZADD', held, score, ulid)
+    held_ids[#held_ids + 1] = ulid
+    return true
+  end
+  redis.call('SADD', members, ulid)
+  return false
+end
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+local function drop_unique(ulid, uniq)
+  if uniq and redis.call('GET', uniq_prefix .. uniq) == ulid then redis.call('DEL', uniq_prefix .. uniq) end
+end
+-- end limits ----------------------------------------------------------------------------------
+
+local picked, expired_ids, expired_scores, unstart = {}, {}, {}, {}
+local wf_done = {}
+while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
   local popped = redis.call('ZPOPMIN', queued, count - #picked)
   if #popped == 0 then break end
   for j = 1, #popped, 2 do
@@ -64,6 +148,13 @@ while #picked < count and #expired_ids < MAX_EXPIRED do
         if f[13] then wf_done[#wf_done + 1] = ulid end
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid
+        -- limits: an expired task frees its unique key and lets one held task of its key go
+        local x = redis.call('HMGET', key, 'uniq', 'ckey')
+        drop_unique(ulid, x[1])
+        let_one_go(x[2])
+      elseif held_back(ulid, key, popped[j + 1]) then
+        -- limits: held back, it keeps its schedule-to-start deadline
+        if unstart[#unstart] == ulid then unstart[#unstart] = nil end
       else
         picked[#picked + 1] = {ulid, key, attempt + 1, f}
       end
@@ -111,11 +202,27 @@ if #picked > 0 then
   end
 end
 
+-- limits: take the tokens of the leased tasks; say when and why to call again
+local retry_ms = -1
+local left = redis.call('ZCARD', queued)
+if rate > 0 then
+  tokens = tokens - #picked
+  if #picked > 0 then
+    redis.call('HSET', bucket, 'tokens', tokens, 'ts', now_us)
+    redis.call('PEXPIRE', bucket, math.ceil((burst - tokens) * 1000 / rate) + 1000)
+  end
+  if tokens < 1 and left > 0 then retry_ms = math.max(1, math.ceil((1 - tokens) * 1000 / rate)) end
+end
+if retry_ms < 0 and left > 0 and (#held_ids >= MAX_HELD or #expired_ids >= MAX_EXPIRED) then retry_ms = 0 end
+if left == 0 then slots_full = 0 end
+-- end limits
+
 in_chunks('ZADD', running, to_run)
 in_chunks('ZADD', expired, expired_scores)
 in_chunks('ZREM', start_deadlines, unstart)
 if #run_ids > 0 then redis.call('PUBLISH', events, 'running ' .. table.concat(run_ids, ' ')) end
 if #expired_ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(expired_ids, ' ')) end
+if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
 -- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
 if #wf_done > 0 then
   local entries = {}
@@ -123,4 +230,4 @@ if #wf_done > 0 then
   in_chunks('ZADD', wf_outbox, entries)
   redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
 end
-return {now, leased, expired_ids}
+return {now, leased, expired_ids, retry_ms, slots_full}

@@ -7,7 +7,11 @@
 -- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
 -- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
 -- KEYS[7] events       channel  the queue's pub/sub channel
--- KEYS[8] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[8] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit   int    most tasks handled by this call
 -- ARGV[2] r       float  random fraction in [0, 1); item i uses frac(r + i * 0.618...) as jitter
@@ -20,6 +24,8 @@
 --   (timed_out), or dead-lettered on the last attempt (dead). Otherwise the lease expired:
 --   back to `queued` in its old place (reason lease_expired; requeued), or dead-lettered with
 --   error LeaseExpired on the last attempt (dead).
+-- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
+--   back to `queued`); a task that ends releases its unique key, a requeued or retried one keeps it.
 -- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
@@ -30,7 +36,11 @@ local scheduled = KEYS[4]
 local failed = KEYS[5]
 local cancelled = KEYS[6]
 local events = KEYS[7]
-local wf_outbox = KEYS[8]
+local held = KEYS[8]
+local conc_prefix = KEYS[9]
+local held_prefix = KEYS[10]
+local uniq_prefix = KEYS[11]
+local wf_outbox = KEYS[12]
 local limit = tonumber(ARGV[1])
 local r = tonumber(ARGV[2])
 local dl_ttl = tonumber(ARGV[3])
@@ -46,6 +56,36 @@ local function in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
+
+-- limits: unique keys and concurrency slots of tasks that leave running -------------------------
+local unheld = {}
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+-- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
+-- of its key go; when it ended, releases its unique key if it still holds it.
+local function limits_left(key, ulid, ended)
+  local x = redis.call('HMGET', key, 'uniq', 'ckey')
+  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
+  if x[2] then
+    redis.call('SREM', conc_prefix .. x[2], ulid)
+    let_one_go(x[2])
+  end
+end
+-- end limits ------------------------------------------------------------------------------------
 
 local function publish(kind, ids)
   if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
@@ -79,6 +119,7 @@ for i, ulid in ipairs(due_ids) do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
+      limits_left(key, ulid, true)
       if f[15] then wf_done[#wf_done + 1] = ulid end
     elseif exec_dl > 0 and exec_dl <= now then
       local msg = 'attempt ' .. attempt .. ' exceeded its execution timeout of ' .. f[13] .. ' ms'
@@ -88,6 +129,7 @@ for i, ulid in ipairs(due_ids) do
         redis.call('PEXPIREAT', key, now + dl_ttl)
         to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
         dead[#dead + 1] = ulid
+        limits_left(key, ulid, true)
         if f[15] then wf_done[#wf_done + 1] = ulid end
       else
         local ri = (r + (i - 1) * GOLDEN) % 1
@@ -108,6 +150,7 @@ for i, ulid in ipairs(due_ids) do
           scheduled_ids[#scheduled_ids + 1] = ulid
         end
         timed_out[#timed_out + 1] = ulid
+        limits_left(key, ulid, false)
       end
     elseif exhausted then
       local msg = 'lease of ' .. f[14] .. ' ms expired without a heartbeat on attempt ' .. attempt
@@ -116,6 +159,7 @@ for i, ulid in ipairs(due_ids) do
       redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead[#dead + 1] = ulid
+      limits_left(key, ulid, true)
       if f[15] then wf_done[#wf_done + 1] = ulid end
     else
       redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
@@ -123,6 +167,7 @@ for i, ulid in ipairs(due_ids) do
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       requeued[#requeued + 1] = ulid
+      limits_left(key, ulid, false)
     end
   end
   -- an entry whose record is gone or not running is only dropped from the index
@@ -140,6 +185,7 @@ if #to_dead > 0 then
     for j = 1, #gone, 2 do redis.call('DEL', task_prefix .. gone[j]) end
   end
 end
+for _, u in ipairs(unheld) do queued_ids[#queued_ids + 1] = u end -- limits
 publish('queued', queued_ids)
 publish('scheduled', scheduled_ids)
 publish('failed', dead)

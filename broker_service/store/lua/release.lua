@@ -6,7 +6,11 @@
 -- KEYS[4] cancelled        ZSET     cancelled tasks, score record expiry ms
 -- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
 -- KEYS[6] events           channel  the queue's pub/sub channel
--- KEYS[7] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[8] conc_prefix      prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[9] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[10] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[11] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] reason   string  why the tasks come back (stored as `reason`)
 -- ARGV[2] started  int     1 if the attempts started; 0 and the attempt is not counted
@@ -16,6 +20,8 @@
 --
 -- Returns: array, one integer per lease: 1 if it was current, 0 if stale. A task with a
 --   cancel request ends CANCELLED instead. A task back at attempt 0 regains its start_by entry.
+-- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
+--   back to `queued`); a cancelled one releases its unique key, a requeued one keeps it.
 -- Publishes: `queued`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
@@ -25,7 +31,11 @@ local queued = KEYS[3]
 local cancelled = KEYS[4]
 local start_deadlines = KEYS[5]
 local events = KEYS[6]
-local wf_outbox = KEYS[7]
+local held = KEYS[7]
+local conc_prefix = KEYS[8]
+local held_prefix = KEYS[9]
+local uniq_prefix = KEYS[10]
+local wf_outbox = KEYS[11]
 local reason = ARGV[1]
 local started = ARGV[2]
 
@@ -37,6 +47,36 @@ local function in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
+
+-- limits: unique keys and concurrency slots of tasks that leave running -------------------------
+local unheld = {}
+
+-- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+local function let_one_go(ckey)
+  if not ckey then return end
+  while true do
+    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
+    if #first == 0 then return end
+    redis.call('ZREM', held, first[1])
+    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
+      redis.call('ZADD', queued, first[2], first[1])
+      unheld[#unheld + 1] = first[1]
+      return
+    end
+  end
+end
+
+-- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
+-- of its key go; when it ended, releases its unique key if it still holds it.
+local function limits_left(key, ulid, ended)
+  local x = redis.call('HMGET', key, 'uniq', 'ckey')
+  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
+  if x[2] then
+    redis.call('SREM', conc_prefix .. x[2], ulid)
+    let_one_go(x[2])
+  end
+end
+-- end limits ------------------------------------------------------------------------------------
 
 local function publish(kind, ids)
   if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
@@ -61,6 +101,7 @@ for i = 3, #ARGV, 2 do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
+      limits_left(key, ulid, true)
       if f[9] then wf_done[#wf_done + 1] = ulid end
     else
       local attempt = tonumber(f[3])
@@ -73,6 +114,7 @@ for i = 3, #ARGV, 2 do
       to_queue[#to_queue + 1] = (9 - tonumber(f[4] or '0')) * 1e13 + tonumber(f[5])
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
+      limits_left(key, ulid, false)
     end
     answers[#answers + 1] = 1
   end
@@ -82,6 +124,7 @@ in_chunks('ZREM', running, left_running)
 in_chunks('ZADD', queued, to_queue)
 in_chunks('ZADD', cancelled, to_cancel)
 in_chunks('ZADD', start_deadlines, to_start_by)
+for _, u in ipairs(unheld) do queued_ids[#queued_ids + 1] = u end -- limits
 publish('queued', queued_ids)
 publish('cancelled', cancelled_ids)
 -- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
