@@ -26,8 +26,9 @@ commands:
   list       list a queue's tasks
   queue      queue limits, show, list: a queue's limits and counts
   schedule   periodic schedules: create, list, show, pause, resume, delete
+  workflow   show, wait for, cancel or submit a workflow (conveyor workflow --help)
 """
-CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
+CLIENT_COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule", "workflow")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,11 @@ class Settings:
     log_level: str = "INFO"
     schedule_interval_seconds: float = 0.25
     schedule_grace_seconds: float = 5.0
+    # Workflows.
+    max_workflow_nodes: int = 1_000
+    workflow_reconcile_seconds: float = 5.0
+    workflow_pending_grace_seconds: float = 30.0
+    workflow_fast_path: int = 1
 
     @property
     def heartbeat_interval(self) -> float:
@@ -72,6 +77,10 @@ _HELP = {
     "schedule_interval_seconds": "how often due schedules are looked for",
     "schedule_grace_seconds": "a schedule tick later than this (brokers down) counts as missed and follows the "
                               "schedule's missed-tick policy",
+    "max_workflow_nodes": "most nodes in one workflow",
+    "workflow_reconcile_seconds": "how often the reconciler finishes workflow steps a crash interrupted",
+    "workflow_pending_grace_seconds": "age after which the reconciler checks a pending workflow node",
+    "workflow_fast_path": "1 advances a workflow as soon as a node ends; 0 leaves it to the reconciler",
 }
 
 

@@ -208,6 +208,16 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ParentResult:
+    """The result of a workflow node's parent, handed to the node with its lease."""
+
+    task_id: str
+    node: str
+    payload: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeasedTask:
     """A task handed to a worker under a fresh lease."""
 
@@ -224,6 +234,9 @@ class LeasedTask:
     timeout_ms: int
     queued_at_ms: int
     started_ms: int
+    # A workflow node: its parents' results and how to pass them (ResultPassing number).
+    parent_results: tuple[ParentResult, ...] = ()
+    result_passing: int = 0
 
     @property
     def task_id(self) -> str:
@@ -314,3 +327,78 @@ class StaleLeaseError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """Redis cannot be reached or timed out."""
+
+
+# Workflows: a DAG of tasks released by the broker as their parents succeed.
+
+class WorkflowState(enum.IntEnum):
+    """Where a workflow stands; the numbers are the wire values of conveyor.v1.WorkflowState."""
+
+    RUNNING = 1
+    SUCCEEDED = 2
+    FAILED = 3
+    CANCELLED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> WorkflowState:
+        return cls[label.upper()]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowNodeSpec:
+    """A validated node: its name, its task (PENDING until released) and its parents' names."""
+
+    name: str
+    task: NewTask
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class WorkflowNodeRecord:
+    """One node as recorded by its workflow. `settled` is its final state once recorded, else None."""
+
+    name: str
+    task_id: str
+    parents: tuple[str, ...]
+    children: tuple[str, ...]
+    settled: TaskState | None = None
+
+
+@dataclass(slots=True)
+class WorkflowRecord:
+    """A workflow as stored. Times are Redis-clock milliseconds, 0 when unset."""
+
+    workflow_id: str
+    name: str
+    state: WorkflowState
+    nodes: list[WorkflowNodeRecord]
+    created_ms: int = 0
+    finished_ms: int = 0
+    reason: str = ""
+
+    @property
+    def output_nodes(self) -> list[str]:
+        return [node.name for node in self.nodes if not node.children]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What settling a node answered: the workflow's state, whether this call ended it, the
+    children to release and the descendants to cancel (task id, reason)."""
+
+    state: WorkflowState | None  # None: the workflow record is gone
+    ended: bool = False
+    ready: tuple[str, ...] = ()
+    cancel: tuple[tuple[str, str], ...] = ()
+
+
+class WorkflowNotFoundError(StoreError):
+    """No workflow with that id (or its record expired)."""
+
+
+class WorkflowTerminalError(StoreError):
+    """The workflow already finished."""

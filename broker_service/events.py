@@ -16,6 +16,8 @@ from broker_service.store.keys import GlobalKeys
 
 log = logging.getLogger(__name__)
 
+# A listener of every queue gets (queue, kind, space-separated ulids).
+AnyListener = Callable[[str, str, str], None]
 # A listener gets (kind, space-separated ulids). Kind "resync" means events may have been
 # missed (the subscription was re-established): re-read whatever you wait for.
 Listener = Callable[[str, str], None]
@@ -32,6 +34,7 @@ class EventHub:
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._any: set[AnyListener] = set()
 
     def add(self, queue: str, listener: Listener) -> None:
         self._listeners[queue].add(listener)
@@ -42,6 +45,13 @@ class EventHub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[queue]
+
+    def add_any(self, listener: AnyListener) -> None:
+        """Listens to the events of every queue."""
+        self._any.add(listener)
+
+    def remove_any(self, listener: AnyListener) -> None:
+        self._any.discard(listener)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-hub")
@@ -79,9 +89,16 @@ class EventHub:
     def _deliver(self, channel: bytes, data: bytes) -> None:
         queue = channel.decode()[len(self._prefix):-len(self._suffix)]
         listeners = self._listeners.get(queue)
-        if not listeners:
+        if not listeners and not self._any:
             return
         kind, _, ulids = data.decode().partition(" ")
+        for any_listener in list(self._any):
+            try:
+                any_listener(queue, kind, ulids)
+            except Exception:
+                log.exception("event listener failed")
+        if not listeners:
+            return
         for listener in list(listeners):
             self._call(listener, kind, ulids)
 

@@ -65,3 +65,13 @@ class Metrics:
                                            "Time from a tick to the submission of its task.",
                                            buckets=LAG_BUCKETS, registry=r)
         self.schedules = Gauge("conveyor_schedules", "Schedules defined (paused ones included).", registry=r)
+        # Workflows.
+        self.workflows_submitted = Counter("conveyor_workflows_submitted", "Workflows submitted.", registry=r)
+        self.workflows_finished = Counter("conveyor_workflows_finished",
+                                          "Workflows that reached a final state, by state.", ["state"], registry=r)
+        self.workflow_releases = Counter("conveyor_workflow_node_releases",
+                                         "Workflow nodes released into their queue (roots, and children whose "
+                                         "parents all succeeded).", ["queue"], registry=r)
+        self.workflow_repairs = Counter("conveyor_workflow_repairs",
+                                        "Workflow steps the reconciler finished that the fast path had not, by "
+                                        "kind (outbox, release, cancel, aborted).", ["kind"], registry=r)

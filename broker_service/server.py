@@ -41,9 +41,11 @@ from broker_service.loops.promoter import Promoter
 from broker_service.loops.readiness import Readiness
 from broker_service.loops.reaper import Reaper
 from broker_service.loops.scheduler import Scheduler
+from broker_service.loops.workflows import WorkflowReconciler
 from broker_service.metrics import Metrics
 from broker_service.store.embedded import EmbeddedRedis
 from broker_service.store.store import Store
+from broker_service.workflows import Workflows
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class Broker:
         self._hub: EventHub | None = None
         self._dispatcher: Dispatcher | None = None
         self._metrics_server: object | None = None
+        self._workflows: Workflows | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -125,8 +128,12 @@ class Broker:
             TaskService(store, self._hub, self.metrics, limits, wait_poll_seconds=s.wait_poll_seconds), self._server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(store, self.metrics, self._dispatcher, session), self._server)
+        self._workflows = Workflows(store, self.metrics, fast_path=bool(s.workflow_fast_path),
+                                    pending_grace_ms=int(s.workflow_pending_grace_seconds * 1000))
+        self._workflows.attach(self._hub)
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
-            WorkflowService(store, self._hub, self.metrics, limits), self._server)
+            WorkflowService(store, self._hub, self.metrics, limits, self._workflows,
+                            max_nodes=s.max_workflow_nodes, wait_poll_seconds=s.wait_poll_seconds), self._server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(store, self.metrics, limits), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -157,6 +164,7 @@ class Broker:
             Promoter(store, s.promote_interval_seconds),
             Janitor(store, self.metrics, interval=5.0),
             Scheduler(store, self.metrics, s.schedule_interval_seconds, s.schedule_grace_seconds),
+            WorkflowReconciler(self._workflows, s.workflow_reconcile_seconds),
         ]
         for loop in self._loops:
             loop.start()
@@ -177,6 +185,8 @@ class Broker:
             await self._server.stop(max(0.1, grace - (time.monotonic() - started)))
         for loop in self._loops:
             await loop.stop()
+        if self._workflows is not None:
+            await self._workflows.stop()
         if self._hub is not None:
             await self._hub.stop()
         await metrics_stopped

@@ -18,14 +18,36 @@ from client_sdk._models import RemoteError, RetryPolicy, TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._schedule_models import MissedTicks, ScheduleInfo
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, signature, task
+from client_sdk._workflow import (
+    DAG,
+    AsyncWorkflowHandle,
+    Chain,
+    Chord,
+    Group,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowHandle,
+    WorkflowInfo,
+    WorkflowNodeInfo,
+    WorkflowState,
+    WorkflowTimeoutError,
+    chain,
+    chord,
+    group,
+)
 
 __all__ = [
+    "DAG",
     "AsyncClient",
     "AsyncTaskHandle",
+    "AsyncWorkflowHandle",
+    "Chain",
+    "Chord",
     "Client",
     "ConveyorError",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "Group",
     "InvalidArgumentError",
     "MissedTicks",
     "NotFoundError",
@@ -45,6 +67,16 @@ __all__ = [
     "TaskState",
     "TaskTimeoutError",
     "UnavailableError",
+    "WorkflowCancelledError",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNodeInfo",
+    "WorkflowState",
+    "WorkflowTimeoutError",
+    "chain",
+    "chord",
+    "group",
     "signature",
     "task",
 ]

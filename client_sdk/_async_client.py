@@ -11,9 +11,16 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
-from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 
-from client_sdk import _convert, _queues, _schedules
+from client_sdk import _convert, _queues, _schedules, _workflow
 from client_sdk._channel import channel_options
 from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, SUBMIT_ATTEMPTS, WAIT_RECONNECTS
 from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
@@ -397,6 +404,78 @@ class AsyncClient:
         response: admin_service_pb2.ListQueuesResponse = await self._call(
             "ListQueues", admin_service_pb2.ListQueuesRequest(), timeout, admin=True)
         return [_queues.queue_info(q) for q in response.queues]
+    # Workflows.
+
+    def _workflow_stub(self) -> Any:
+        self._stub  # noqa: B018 - opens the channel
+        return workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+
+    async def submit_workflow(self, flow: _workflow.Flow, *, name: str = "", idempotency_key: str = "",
+                              idempotency_ttl: float | None = None,
+                              timeout: float | None = None) -> _workflow.AsyncWorkflowHandle:
+        """Submits a workflow in one call; see `Client.submit_workflow`."""
+        request, shape = _workflow.submit_request(flow, name=name, idempotency_key=idempotency_key,
+                                                  idempotency_ttl=idempotency_ttl)
+        response = await self._workflow_call("SubmitWorkflow", request, timeout)
+        return _workflow.AsyncWorkflowHandle(response.workflow_id, self, task_ids=dict(response.task_ids),
+                                             shape=shape, duplicate=response.duplicate)
+
+    def workflow(self, workflow_id: str) -> _workflow.AsyncWorkflowHandle:
+        """A handle of an existing workflow, by id (no call is made)."""
+        return _workflow.AsyncWorkflowHandle(workflow_id, self)
+
+    async def _workflow_call(self, method_name: str, request: Any, timeout: float | None) -> Any:
+        method = getattr(self._workflow_stub(), method_name)
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def get_workflow(self, workflow_id: str, *, timeout: float | None = None) -> _workflow.WorkflowInfo:
+        """Reads a workflow and every node's state; see `Client.get_workflow`."""
+        response = await self._workflow_call(
+            "GetWorkflow", workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id), timeout)
+        return _workflow.workflow_info(response.workflow)
+
+    async def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> _workflow.WorkflowInfo:
+        """Waits until the workflow finishes; see `Client.wait_workflow`."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        last: _workflow.WorkflowInfo | None = None
+        failures = 0
+        stub = self._workflow_stub()
+        while (remaining := deadline - time.monotonic()) > 0:
+            call = stub.WaitWorkflow(_workflow.wait_request(workflow_id, remaining), timeout=remaining + STREAM_SLACK)
+            try:
+                async for response in call:
+                    last, failures = _workflow.workflow_info(response.workflow), 0
+                    if last.state.terminal:
+                        return last
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if isinstance(error, DeadlineExceededError) and last is not None:
+                    break
+                failures += 1
+                if not isinstance(error, UnavailableError) or last is None or failures >= WAIT_RECONNECTS:
+                    raise error from exc
+                await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            finally:
+                call.cancel()
+            await asyncio.sleep(_convert.reconnect_delay(0, deadline - time.monotonic()))
+        if last is None:
+            last = await self.get_workflow(workflow_id)
+            if last.state.terminal:
+                return last
+        raise _workflow.WorkflowTimeoutError(workflow_id, budget, last)
+
+    async def cancel_workflow(self, workflow_id: str, reason: str = "", *,
+                              timeout: float | None = None) -> _workflow.WorkflowState:
+        """Cancels every unfinished node of a workflow; see `Client.cancel_workflow`."""
+        response = await self._workflow_call(
+            "CancelWorkflow", workflow_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, reason=reason),
+            timeout)
+        return _workflow.WorkflowState(response.state)
 
     # Schedules (AdminService).
 

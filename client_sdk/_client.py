@@ -10,9 +10,16 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeAlias, TypeVar, Unpack, overload
 
 import grpc
-from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 
-from client_sdk import _convert, _queues, _schedules
+from client_sdk import _convert, _queues, _schedules, _workflow
 from client_sdk._channel import channel_options
 from client_sdk._errors import (
     DeadlineExceededError,
@@ -133,6 +140,7 @@ class Client:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -522,6 +530,108 @@ class Client:
         """
         self._call(self._admin.DeleteSchedule, admin_service_pb2.DeleteScheduleRequest(id=schedule_id),
                    timeout)
+    # Workflows.
+
+    def submit_workflow(self, flow: _workflow.Flow, *, name: str = "", idempotency_key: str = "",
+                        idempotency_ttl: float | None = None,
+                        timeout: float | None = None) -> _workflow.WorkflowHandle:
+        """Submits a workflow in one call: a chain, group, chord, DAG or a single signature.
+
+        Args:
+            flow: What to run, e.g. ``chain(fetch.s(url), parse.s(), store.s())``.
+            name: Optional label.
+            idempotency_key: A repeated submit with this key answers the first workflow.
+            idempotency_ttl: How long the key is remembered, in seconds; default 1 day.
+            timeout: Deadline of the call, in seconds; default the client's.
+
+        Returns:
+            The handle: ``id``, ``task_ids``, ``get()``, ``wait()``, ``result()``, ``cancel()``.
+
+        Raises:
+            InvalidArgumentError: If the broker refused it (a cycle, an unknown parent, too many
+                nodes, a bad task field as ``nodes[i].task.field``); nothing was stored.
+        """
+        request, shape = _workflow.submit_request(flow, name=name, idempotency_key=idempotency_key,
+                                                  idempotency_ttl=idempotency_ttl)
+        response: workflow_service_pb2.SubmitWorkflowResponse = self._call(
+            self._workflows.SubmitWorkflow, request, timeout)
+        return _workflow.WorkflowHandle(response.workflow_id, self, task_ids=dict(response.task_ids), shape=shape,
+                                        duplicate=response.duplicate)
+
+    def workflow(self, workflow_id: str) -> _workflow.WorkflowHandle:
+        """A handle of an existing workflow, by id (no call is made); its ``result()`` is a dict
+        of the output nodes' results."""
+        return _workflow.WorkflowHandle(workflow_id, self)
+
+    def get_workflow(self, workflow_id: str, *, timeout: float | None = None) -> _workflow.WorkflowInfo:
+        """Reads a workflow and every node's state.
+
+        Raises:
+            NotFoundError: If the workflow is unknown or its record expired.
+        """
+        response: workflow_service_pb2.GetWorkflowResponse = self._call(
+            self._workflows.GetWorkflow, workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id), timeout)
+        return _workflow.workflow_info(response.workflow)
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> _workflow.WorkflowInfo:
+        """Waits until the workflow finishes, over the WaitWorkflow stream.
+
+        Args:
+            workflow_id: The workflow id.
+            timeout: Longest time to wait, in seconds; default the client's timeout.
+
+        Returns:
+            The workflow in its final state.
+
+        Raises:
+            WorkflowTimeoutError: If it did not finish in time.
+            NotFoundError: If the workflow is unknown.
+        """
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        last: _workflow.WorkflowInfo | None = None
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            call = self._workflows.WaitWorkflow(_workflow.wait_request(workflow_id, remaining),
+                                                timeout=remaining + STREAM_SLACK)
+            try:
+                for response in call:
+                    last, failures = _workflow.workflow_info(response.workflow), 0
+                    if last.state.terminal:
+                        return last
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if isinstance(error, DeadlineExceededError) and last is not None:
+                    break
+                failures += 1
+                if not isinstance(error, UnavailableError) or last is None or failures >= WAIT_RECONNECTS:
+                    raise error from exc
+                time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            finally:
+                call.cancel()
+            time.sleep(_convert.reconnect_delay(0, deadline - time.monotonic()))
+        if last is None:
+            last = self.get_workflow(workflow_id)
+            if last.state.terminal:
+                return last
+        raise _workflow.WorkflowTimeoutError(workflow_id, budget, last)
+
+    def cancel_workflow(self, workflow_id: str, reason: str = "", *,
+                        timeout: float | None = None) -> _workflow.WorkflowState:
+        """Cancels every unfinished node of a workflow (running ones are asked to stop).
+
+        Returns:
+            CANCELLED.
+
+        Raises:
+            FailedPreconditionError: If the workflow already finished.
+            NotFoundError: If the workflow is unknown.
+        """
+        response: workflow_service_pb2.CancelWorkflowResponse = self._call(
+            self._workflows.CancelWorkflow,
+            workflow_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, reason=reason), timeout)
+        return _workflow.WorkflowState(response.state)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

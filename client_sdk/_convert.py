@@ -123,7 +123,7 @@ def to_signature(target: TaskDefinition[Any, Any] | Signature | str, args: tuple
                  kwargs: dict[str, Any]) -> Signature:
     """The signature `enqueue` submits for a task definition, a signature or a bare name."""
     if isinstance(target, TaskDefinition):
-        return target.s(*args, **kwargs)
+        return target._signature(args, kwargs)
     if isinstance(target, Signature):
         if args or kwargs:
             raise TypeError("a Signature already holds its arguments; pass none to enqueue()")
@@ -202,6 +202,7 @@ def task_info(message: task_pb2.Task) -> TaskInfo:
         result_ttl=_span(message, "result_ttl"), schedule_id=message.schedule_id,
         idempotency_key=message.idempotency_key, unique_key=message.unique_key,
         concurrency_key=message.concurrency_key, concurrency_limit=message.concurrency_limit,
+        workflow_id=message.workflow_id, workflow_node=message.workflow_node, parent_ids=tuple(message.parent_ids),
     )
 
 

@@ -141,6 +141,9 @@ class TaskInfo:
         concurrency_key: The concurrency key that limits how many such tasks run at once, or ``""``.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once (0 without a key).
         schedule_id: The schedule whose tick submitted the task, or ``""``.
+        workflow_id: The workflow this task is a node of; empty for a lone task.
+        workflow_node: The node's name within its workflow.
+        parent_ids: Ids of the tasks it waits for (its parents in the workflow).
     """
 
     id: str
@@ -174,6 +177,10 @@ class TaskInfo:
     concurrency_key: str = ""
     concurrency_limit: int = 0
     schedule_id: str = ""
+    # Workflow links.
+    workflow_id: str = ""
+    workflow_node: str = ""
+    parent_ids: tuple[str, ...] = ()
 
     @property
     def max_attempts(self) -> int:

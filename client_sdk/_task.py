@@ -201,12 +201,15 @@ class Signature:
         args: Positional arguments.
         kwargs: Keyword arguments.
         options: Where and how to run it.
+        immutable: In a workflow, True means the task is not handed its parents' results
+            (built by ``.si()``); False means they come first in its arguments.
     """
 
     name: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     options: TaskOptions = field(default_factory=TaskOptions)
+    immutable: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -223,6 +226,15 @@ class Signature:
             The new signature.
         """
         return dataclasses.replace(self, options=self.options.replace(**overrides))
+
+    def si(self) -> Signature:
+        """Returns an immutable copy: in a workflow it is called with its own arguments only,
+        never handed its parents' results.
+
+        Returns:
+            The new signature.
+        """
+        return dataclasses.replace(self, immutable=True)
 
 
 def signature(name: str, /, *args: Any, **kwargs: Any) -> Signature:
@@ -304,14 +316,44 @@ class TaskDefinition(Generic[P, R]):
         Returns:
             The signature, with this task's options.
 
+        In a workflow the task is handed its parent's result (or the list of its parents'
+        results) as its first argument, so that argument may be left out here.
+
         Raises:
             TypeError: If the arguments do not fit the function's parameters.
         """
+        return self._signature(args, kwargs, room_for_parent=True)
+
+    def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, room_for_parent: bool = False,
+                   immutable: bool = False) -> Signature:
+        """A checked signature; `room_for_parent` also accepts arguments that leave the first
+        parameter to a workflow parent's result."""
         try:
             self._parameters.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"task {self.name!r}: {exc}") from None
-        return Signature(self.name, tuple(args), dict(kwargs), self.options)
+            try:
+                if not room_for_parent:
+                    raise
+                self._parameters.bind(None, *args, **kwargs)
+            except TypeError:
+                raise TypeError(f"task {self.name!r}: {exc}") from None
+        return Signature(self.name, tuple(args), dict(kwargs), self.options, immutable=immutable)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """Builds an immutable signature: in a workflow it gets its own arguments only, never
+        its parents' results.
+
+        Args:
+            *args: Positional arguments of the task.
+            **kwargs: Keyword arguments of the task.
+
+        Returns:
+            The signature, with this task's options.
+
+        Raises:
+            TypeError: If the arguments do not fit the function's parameters.
+        """
+        return self._signature(args, kwargs, immutable=True)
 
     def with_options(self, **overrides: Unpack[OptionOverrides]) -> TaskDefinition[P, R]:
         """Returns a copy of this task with some options changed.

@@ -1,4 +1,5 @@
-"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list, queue and schedule, printing JSON lines."""
+"""The client subcommands of `conveyor`: enqueue, get, wait, cancel, list, queue, schedule and workflow,
+printing JSON lines."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from client_sdk import _convert
+from client_sdk import _convert, _workflow_cli
 from client_sdk._client import Client
 from client_sdk._errors import (
     ConveyorError,
@@ -26,10 +27,11 @@ from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo
 from client_sdk._schedule_models import MissedTicks, ScheduleInfo
 from client_sdk._task import signature
+from client_sdk._workflow import WorkflowTimeoutError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
+COMMANDS = ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule", "workflow")
 DEFAULT_BROKER = "localhost:50051"
 BROKER_ENV = "CONVEYOR_BROKER"
 
@@ -97,6 +99,7 @@ def info_json(info: TaskInfo) -> dict[str, Any]:
         out["progress"] = info.progress
     if info.cancel_requested:
         out["cancel_requested"] = True
+    out.update(_workflow_cli.links_json(info))
     return out
 
 
@@ -378,6 +381,8 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("queue", help="queue name")
     actions.add_parser("list", parents=[common], help="print every queue")
     _add_schedule_commands(sub, common)
+
+    _workflow_cli.add_commands(sub, common, _EPILOG, _emit, info_json)
     return top
 
 
@@ -399,6 +404,10 @@ def _run(args: argparse.Namespace) -> int:
         if exc.info is not None:
             _emit(info_json(exc.info))
         return _fail(EXIT_TIMEOUT, type(exc).__name__, str(exc), task_id=exc.task_id)
+    except WorkflowTimeoutError as exc:
+        if exc.info is not None:
+            _emit(_workflow_cli.workflow_json(exc.info, info_json))
+        return _fail(EXIT_TIMEOUT, type(exc).__name__, str(exc), workflow_id=exc.workflow_id)
     except InvalidArgumentError as exc:
         return _fail(EXIT_USAGE, type(exc).__name__, exc.message, code=exc.code, field=exc.field)
     except (NotFoundError, FailedPreconditionError) as exc:

@@ -79,6 +79,10 @@ class Job:
     max_attempts: int
     lease_duration: float | None
     timeout: float | None
+    # A workflow node: its parents' results as (payload, content type), and how they are passed
+    # (ResultPassing: 2 the one result first, 3 the list of them first; 0 or 1 not at all).
+    parent_results: tuple[tuple[bytes, str], ...] = ()
+    result_passing: int = 0
     cancel_event: CancelFlag = field(default_factory=CancelFlag)
     # Set once the function starts or is prevented from starting; guarded by `_lock`.
     started: bool = False

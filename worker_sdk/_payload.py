@@ -56,6 +56,39 @@ def decode_arguments(payload: bytes, content_type: str) -> tuple[tuple[Any, ...]
     return tuple(args), kwargs
 
 
+RESULT_PASSING_FIRST = 2
+RESULT_PASSING_LIST = 3
+
+
+def with_parent_results(args: tuple[Any, ...], passing: int,
+                        results: tuple[tuple[bytes, str], ...]) -> tuple[Any, ...]:
+    """A workflow node's arguments: its parents' decoded results first, as `passing` says.
+
+    FIRST puts the one parent's result first; LIST puts the list of every parent's result
+    (in the node's `parents` order) first; anything else leaves the arguments alone. A JSON
+    result is decoded (an empty one is None); any other content type stays bytes.
+
+    Raises:
+        PayloadError: A JSON result is malformed.
+    """
+    if passing == RESULT_PASSING_FIRST:
+        return (_decode_result(*results[0]) if results else None, *args)
+    if passing == RESULT_PASSING_LIST:
+        return ([_decode_result(*r) for r in results], *args)
+    return args
+
+
+def _decode_result(payload: bytes, content_type: str) -> Any:
+    if not is_json(content_type):
+        return payload
+    if not payload.strip():
+        return None
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"a parent's result is not valid JSON: {exc}") from None
+
+
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The inverse of :func:`decode_arguments` for JSON (used by tests and examples)."""
     return json.dumps({"args": list(args), "kwargs": kwargs}, separators=(",", ":")).encode()

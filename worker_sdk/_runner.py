@@ -16,7 +16,13 @@ from typing import Any
 from client_sdk import TaskDefinition
 from worker_sdk import context
 from worker_sdk._jobs import Cancelled, Failed, Job, ProgressReporter, Result, Succeeded
-from worker_sdk._payload import JSON_CONTENT_TYPE, ArgumentCheck, decode_arguments, encode_result
+from worker_sdk._payload import (
+    JSON_CONTENT_TYPE,
+    ArgumentCheck,
+    decode_arguments,
+    encode_result,
+    with_parent_results,
+)
 from worker_sdk._pool import TaskPool
 from worker_sdk.errors import NonRetryableError, Retry
 
@@ -169,6 +175,8 @@ class Runner:
             return None
         try:
             args, kwargs = decode_arguments(job.payload, job.content_type)
+            if job.result_passing:
+                args = with_parent_results(args, job.result_passing, job.parent_results)
             prepared.check(args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad payload fails the attempt, never the worker
             return failure_from_exception(exc)
@@ -205,6 +213,8 @@ class Runner:
     def _start_async(self, job: Job, prepared: _Prepared) -> None:
         try:
             args, kwargs = decode_arguments(job.payload, job.content_type)
+            if job.result_passing:
+                args = with_parent_results(args, job.result_passing, job.parent_results)
             prepared.check(args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad payload fails the attempt, never the worker
             if job.begin():

@@ -65,11 +65,15 @@ def _seconds(duration: Any) -> float:
 def job_from_assignment(a: wpb.Assignment) -> Job:
     """An Assignment as the SDK's Job."""
     headers = a.headers
-    return Job(task_id=a.task_id, lease_token=a.lease_token, name=a.name, queue=a.queue,
-               payload=a.payload, content_type=a.content_type, headers=dict(headers) if headers else {},
-               attempt=a.attempt, max_attempts=a.max_attempts,
-               lease_duration=_seconds(a.lease_duration) if a.HasField("lease_duration") else None,
-               timeout=_seconds(a.execution_timeout) if a.HasField("execution_timeout") else None)
+    job = Job(task_id=a.task_id, lease_token=a.lease_token, name=a.name, queue=a.queue,
+              payload=a.payload, content_type=a.content_type, headers=dict(headers) if headers else {},
+              attempt=a.attempt, max_attempts=a.max_attempts,
+              lease_duration=_seconds(a.lease_duration) if a.HasField("lease_duration") else None,
+              timeout=_seconds(a.execution_timeout) if a.HasField("execution_timeout") else None)
+    if a.result_passing:  # a workflow node
+        job.result_passing = a.result_passing
+        job.parent_results = tuple((p.payload, p.content_type) for p in a.parent_results)
+    return job
 
 
 def _fill_outcome(outcome: wpb.Outcome, result: Result) -> None:

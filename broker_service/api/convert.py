@@ -87,6 +87,9 @@ def assignment(leased: LeasedTask) -> ws.Assignment:
         lease_token=leased.lease_token,
         lease_duration=duration(leased.lease_ms),
         execution_timeout=duration(leased.timeout_ms),
+        parent_results=[ws.ParentResult(task_id=p.task_id, node=p.node, payload=p.payload,
+                                        content_type=p.content_type) for p in leased.parent_results],
+        result_passing=leased.result_passing,
     )
 
 

@@ -17,6 +17,8 @@ from broker_service.domain import (
     StoreUnavailableError,
     TaskNotFoundError,
     TaskTerminalError,
+    WorkflowNotFoundError,
+    WorkflowTerminalError,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ def from_exception(exc: BaseException, subject: str = "") -> ApiError:
                         error_details_pb2.PreconditionFailure(violations=[
                             error_details_pb2.PreconditionFailure.Violation(
                                 type="LEASE", subject=subject, description="lease token is not current")]))
+    if isinstance(exc, WorkflowNotFoundError):
+        return not_found("workflow", subject or str(exc))
+    if isinstance(exc, WorkflowTerminalError):
+        return ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"workflow {subject} has already finished",
+                        "WORKFLOW_TERMINAL", error_details_pb2.PreconditionFailure(violations=[
+                            error_details_pb2.PreconditionFailure.Violation(
+                                type="STATE", subject=subject, description="workflow is in a final state")]))
     if isinstance(exc, StoreUnavailableError):
         return unavailable(f"task store unavailable: {exc}")
     log.exception("internal error", exc_info=exc)
@@ -123,4 +132,4 @@ def server_stream(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
 
 
 def _subject(request: Any) -> str:
-    return str(getattr(request, "task_id", ""))[:200]
+    return str(getattr(request, "task_id", "") or getattr(request, "workflow_id", ""))[:200]

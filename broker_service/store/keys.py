@@ -51,6 +51,12 @@ class QueueKeys:
         """ZSET of workflow nodes waiting for their parents: member ulid, score created ms."""
         return f"{self.tag}:pending"
 
+    @property
+    def wf_outbox(self) -> str:
+        """ZSET of this queue's workflow nodes that ended and whose workflow has not yet advanced:
+        member ulid, score the ms the node ended."""
+        return f"{self.tag}:wf_outbox"
+
     def finished(self, state: TaskState) -> str:
         """ZSET per terminal state: member ulid, score the ms at which the record expires."""
         return f"{self.tag}:{state.label}"
@@ -143,6 +149,15 @@ class GlobalKeys:
     def queue(self, name: str) -> QueueKeys:
         return QueueKeys(self.namespace, name)
 
+    def workflow(self, workflow_id: str) -> WorkflowKeys:
+        return WorkflowKeys(self.namespace, workflow_id)
+
+    def workflow_idempotency(self, key: str) -> str:
+        """STRING: a workflow idempotency key -> the workflow id it created (PX its TTL). One fixed
+        slot (tag `{<ns>::wf_idem}`: the double colon keeps it apart from any queue's tag), touched
+        by single-key commands only."""
+        return f"{{{self.namespace}::wf_idem}}:{key}"
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduleKeys:
@@ -168,3 +183,27 @@ class ScheduleKeys:
     def ids(self) -> str:
         """ZSET of every schedule id, all scored 0, so ZRANGEBYLEX pages them by id."""
         return f"{self.tag}:ids"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowKeys:
+    """The keys of one workflow, under its own hash tag `{<namespace>:wf:<id>}`: the id leads to the
+    slot without a lookup. Queue names cannot contain ':', so no queue tag looks like this."""
+
+    namespace: str
+    workflow_id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.namespace}:wf:{self.workflow_id}}}"
+
+    @property
+    def record(self) -> str:
+        """HASH: the workflow record and its nodes (fields in lua/KEYS.md)."""
+        return f"{self.tag}:w"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel of the workflow's changes; it matches the queues' event pattern, so the
+        EventHub delivers it as the events of queue `wf:<id>`."""
+        return f"{self.tag}:events"

@@ -9,10 +9,14 @@ from typing import Any
 from broker_service.domain import (
     DEFAULT_CONTENT_TYPE,
     LeasedTask,
+    ParentResult,
     RetryPolicy,
     TaskError,
     TaskRecord,
     TaskState,
+    WorkflowNodeRecord,
+    WorkflowRecord,
+    WorkflowState,
 )
 
 # Every field a task hash can hold; listings read all of them but the two payloads.
@@ -26,7 +30,7 @@ RECORD_FIELDS: tuple[str, ...] = (
 LIST_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("payload", "result"))
 
 # Entries per task in lease.lua's reply.
-LEASED_ENTRIES = 11
+LEASED_ENTRIES = 13
 
 _DEFAULT_RETRY = RetryPolicy()
 
@@ -128,12 +132,59 @@ def leased_from_reply(queue: str, reply: Sequence[Any]) -> tuple[list[LeasedTask
     leased = []
     for i in range(0, len(flat), LEASED_ENTRIES):
         (ulid, name, payload, ctype, headers, attempt, max_attempts, token, lease, timeout,
-         due) = flat[i:i + LEASED_ENTRIES]
+         due, presults, rpass) = flat[i:i + LEASED_ENTRIES]
         leased.append(LeasedTask(
             ulid=text(ulid), queue=queue, name=text(name), payload=payload or b"",
             content_type=text(ctype, DEFAULT_CONTENT_TYPE), headers=headers_from(headers),
             attempt=integer(attempt), max_attempts=integer(max_attempts), lease_token=integer(token),
             lease_ms=integer(lease), timeout_ms=integer(timeout), queued_at_ms=integer(due),
             started_ms=now,
+            parent_results=decode_parent_results(presults) if presults else (),
+            result_passing=integer(rpass),
         ))
     return leased, [text(u) for u in reply[2]]
+
+
+def encode_parent_results(results: Sequence[ParentResult]) -> bytes:
+    """The `presults` field of a released workflow node: per parent its task id, node name,
+    content type and payload, each as `<length>:<bytes>` (payloads are opaque bytes)."""
+    out = bytearray()
+    for result in results:
+        for part in (result.task_id.encode(), result.node.encode(), result.content_type.encode(), result.payload):
+            out += b"%d:" % len(part)
+            out += part
+    return bytes(out)
+
+
+def decode_parent_results(blob: bytes) -> tuple[ParentResult, ...]:
+    """The inverse of encode_parent_results; ValueError when malformed."""
+    parts: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        colon = blob.index(b":", pos)
+        length = int(blob[pos:colon])
+        parts.append(blob[colon + 1:colon + 1 + length])
+        pos = colon + 1 + length
+    if len(parts) % 4:
+        raise ValueError("malformed parent results")
+    return tuple(ParentResult(task_id=parts[i].decode(), node=parts[i + 1].decode(),
+                              content_type=parts[i + 2].decode(), payload=parts[i + 3])
+                 for i in range(0, len(parts), 4))
+
+
+def workflow_from_hash(workflow_id: str, raw: Mapping[bytes | str, bytes | str]) -> WorkflowRecord:
+    """A WorkflowRecord from an HGETALL of its record (fields: lua/KEYS.md)."""
+    fields = {text(k): text(v) for k, v in raw.items()}
+    nodes = []
+    for name in fields.get("nodes", "").split():
+        settled = fields.get(f"s/{name}")
+        nodes.append(WorkflowNodeRecord(
+            name=name, task_id=fields.get(f"t/{name}", ""),
+            parents=tuple(fields.get(f"p/{name}", "").split()),
+            children=tuple(fields.get(f"c/{name}", "").split()),
+            settled=TaskState.from_label(settled) if settled else None))
+    return WorkflowRecord(
+        workflow_id=workflow_id, name=fields.get("name", ""),
+        state=WorkflowState.from_label(fields.get("state", "running")), nodes=nodes,
+        created_ms=integer(fields.get("created")), finished_ms=integer(fields.get("finished")),
+        reason=fields.get("reason", ""))

@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError
 
 from broker_service.domain import DEFAULT_CONTENT_TYPE, Completion, Failure, Lease, NewTask
 from broker_service.store.errors import redis_errors
-from broker_service.store.keys import QueueKeys, ScheduleKeys
+from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.records import headers_to
 
 log = logging.getLogger(__name__)
@@ -25,24 +25,24 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending", "idem_prefix",
                 "uniq_prefix"),
     "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events", "limits",
-              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix"),
+              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
     "extend": ("task_prefix", "running"),
     "complete": ("task_prefix", "running", "succeeded", "events", "queued", "held", "conc_prefix", "held_prefix",
-                 "uniq_prefix"),
+                 "uniq_prefix", "wf_outbox"),
     "fail": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
-             "held_prefix", "uniq_prefix"),
+             "held_prefix", "uniq_prefix", "wf_outbox"),
     "cancel_running": ("task_prefix", "running", "cancelled", "events", "queued", "held", "conc_prefix",
-                       "held_prefix", "uniq_prefix"),
+                       "held_prefix", "uniq_prefix", "wf_outbox"),
     "release": ("task_prefix", "running", "queued", "cancelled", "start_deadlines", "events", "held", "conc_prefix",
-                "held_prefix", "uniq_prefix"),
+                "held_prefix", "uniq_prefix", "wf_outbox"),
     "progress": ("task_prefix", "events"),
     "cancel": ("task_prefix", "queued", "scheduled", "start_deadlines", "cancelled", "events", "held", "held_prefix",
-               "uniq_prefix"),
+               "uniq_prefix", "pending", "wf_outbox"),
     "reap": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
-             "held_prefix", "uniq_prefix"),
+             "held_prefix", "uniq_prefix", "wf_outbox"),
     "promote": ("task_prefix", "scheduled", "queued", "events"),
     "expire": ("task_prefix", "start_deadlines", "queued", "scheduled", "expired", "events", "held", "held_prefix",
-               "uniq_prefix"),
+               "uniq_prefix", "wf_outbox"),
     "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
     "list_page": ("index", "task_prefix"),
     "set_limits": ("limits", "events"),
@@ -52,6 +52,11 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "resume_schedule": ("schedule", "due"),
     "delete_schedule": ("schedule", "due", "ids"),
     "advance_schedule": ("schedule", "due"),
+    # Workflows: the graph lives under the workflow's own tag (WorkflowKeys); unblock in a queue's.
+    "create_workflow": ("record", "events"),
+    "settle_node": ("record", "events"),
+    "cancel_workflow": ("record", "events"),
+    "unblock": ("task_prefix", "pending", "queued", "scheduled", "start_deadlines", "events"),
 }
 
 Arg = str | bytes | int | float
@@ -76,8 +81,9 @@ def read_scripts() -> dict[str, Script]:
     return scripts
 
 
-def script_keys(name: str, queue: QueueKeys | ScheduleKeys, extra: Mapping[str, str] | None = None) -> list[str]:
-    """The KEYS of script `name` for `queue`, in the order its header lists them."""
+def script_keys(name: str, queue: QueueKeys | ScheduleKeys | WorkflowKeys,
+                extra: Mapping[str, str] | None = None) -> list[str]:
+    """The KEYS of script `name` for `queue` (or the schedules, or a workflow), in the order its header lists them."""
     extra = extra or {}
     return [extra[key] if key in extra else str(getattr(queue, key)) for key in SCRIPT_KEYS[name]]
 
@@ -237,3 +243,24 @@ class Scripts:
     @staticmethod
     def _schedule_keys(name: str, keys: ScheduleKeys, schedule_id: str) -> list[str]:
         return script_keys(name, keys, {"schedule": keys.schedule(schedule_id)})
+
+    # Workflows.
+
+    async def create_workflow(self, workflow: WorkflowKeys, name: str, ttl_ms: int,
+                              nodes: Sequence[tuple[str, str, str, str]]) -> int:
+        args: list[Arg] = [name, ttl_ms]
+        for node in nodes:
+            args += list(node)
+        return int(await self.run("create_workflow", script_keys("create_workflow", workflow), args))
+
+    async def settle_node(self, workflow: WorkflowKeys, node: str, state: str) -> list[Any]:
+        return list(await self.run("settle_node", script_keys("settle_node", workflow), [node, state]))
+
+    async def cancel_workflow(self, workflow: WorkflowKeys, reason: str) -> list[bytes]:
+        return list(await self.run("cancel_workflow", script_keys("cancel_workflow", workflow), [reason]))
+
+    async def unblock(self, queue: QueueKeys, items: Sequence[tuple[str, bytes]]) -> list[bytes]:
+        args: list[Arg] = []
+        for ulid, presults in items:
+            args += [ulid, presults]
+        return list(await self.run("unblock", script_keys("unblock", queue), args))

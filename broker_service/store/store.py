@@ -34,9 +34,16 @@ from broker_service.domain import (
     QueueInfo,
     QueueLimits,
     ReapResult,
+    Settlement,
     TaskNotFoundError,
     TaskRecord,
     TaskState,
+    TaskTerminalError,
+    WorkflowNodeRecord,
+    WorkflowNotFoundError,
+    WorkflowRecord,
+    WorkflowState,
+    WorkflowTerminalError,
 )
 from broker_service.schedule import Schedule, ScheduleNotFoundError, ScheduleSpec
 from broker_service.store.errors import redis_errors
@@ -47,6 +54,7 @@ from broker_service.store.records import (
     record_from_fields,
     record_from_hash,
     text,
+    workflow_from_hash,
 )
 from broker_service.store.schedules import schedule_from_hash, schedule_from_reply, template_json
 from broker_service.store.scripts import Scripts
@@ -76,6 +84,17 @@ class LeaseBatch(NamedTuple):
     expired: list[str]
     retry_ms: int = -1  # > 0: the rate limit held tasks back, next token in ms; 0: call again now
     slots_full: bool = False  # max_running held tasks back: call again when a task leaves running
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLinks:
+    """A task's state and its place in a workflow (empty workflow_id: a lone task)."""
+
+    state: TaskState
+    workflow_id: str
+    node: str
+    parent_ids: tuple[str, ...]
+    result_passing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +492,126 @@ class Store:
         with redis_errors():
             return int(await self.redis.zcard(self.queue_keys(queue).held))
 
+    # Workflows: the graph under the workflow's own tag, the outbox and pending index per queue.
+
+    async def create_workflow(self, workflow_id: str, name: str, ttl_ms: int,
+                              nodes: list[WorkflowNodeRecord]) -> bool:
+        """Writes the workflow record (create_workflow.lua); False when it already existed."""
+        rows = [(n.name, n.task_id, " ".join(n.parents), " ".join(n.children)) for n in nodes]
+        return await self.scripts.create_workflow(self.keys.workflow(workflow_id), name, ttl_ms, rows) == 1
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
+        """Reads a workflow record (HGETALL). Raises WorkflowNotFoundError."""
+        with redis_errors():
+            raw = await self.redis.hgetall(self.keys.workflow(workflow_id).record)
+        if not raw:
+            raise WorkflowNotFoundError(f"workflow {workflow_id}")
+        return workflow_from_hash(workflow_id, raw)
+
+    async def get_many(self, tasks: list[tuple[str, str]]) -> list[TaskRecord | None]:
+        """Reads tasks given as (queue, ulid) in one pipelined round trip (HGETALL each); None
+        for a task whose record is gone."""
+        if not tasks:
+            return []
+        with redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, ulid in tasks:
+                    pipe.hgetall(self.queue_keys(queue).task(ulid))
+                replies = await pipe.execute()
+        return [record_from_hash(ulid, queue, raw) if raw else None
+                for (queue, ulid), raw in zip(tasks, replies, strict=True)]
+
+    async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
+        """Records a node's final state and answers what follows (settle_node.lua); idempotent."""
+        wf_state, ended, ready, cancel = await self.scripts.settle_node(
+            self.keys.workflow(workflow_id), node, state.label)
+        if not wf_state:
+            return Settlement(state=None)
+        return Settlement(state=WorkflowState.from_label(text(wf_state)), ended=int(ended) == 1,
+                          ready=tuple(text(t) for t in ready),
+                          cancel=tuple((text(cancel[i]), text(cancel[i + 1])) for i in range(0, len(cancel), 2)))
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> list[str]:
+        """Ends a running workflow CANCELLED (cancel_workflow.lua); the task ids of its unfinished
+        nodes, which the caller cancels. Raises WorkflowNotFoundError, WorkflowTerminalError."""
+        try:
+            return [text(t) for t in await self.scripts.cancel_workflow(self.keys.workflow(workflow_id), reason)]
+        except TaskNotFoundError:
+            raise WorkflowNotFoundError(f"workflow {workflow_id}") from None
+        except TaskTerminalError as exc:
+            raise WorkflowTerminalError(str(exc)) from None
+
+    async def unblock(self, queue: str, items: list[tuple[str, bytes]]) -> list[str]:
+        """Releases pending nodes of one queue (unblock.lua): per item ("queued", "scheduled") when
+        released now, else the task's current state ("gone" when its record does not exist)."""
+        if not items:
+            return []
+        return [text(a) for a in await self.scripts.unblock(self.queue_keys(queue), items)]
+
+    async def claim_workflow_key(self, key: str, workflow_id: str, ttl_ms: int) -> str:
+        """Maps an idempotency key to `workflow_id` unless it is mapped already; the id it maps to."""
+        name = self.keys.workflow_idempotency(key)
+        with redis_errors():
+            if await self.redis.set(name, workflow_id, nx=True, px=ttl_ms):
+                return workflow_id
+            existing = await self.redis.get(name)
+        return text(existing) if existing is not None else workflow_id
+
+    async def node_links(self, queue: str, ulid: str) -> NodeLinks | None:
+        """A task's state and workflow links; None when its record is gone."""
+        with redis_errors():
+            state, wf, node, parents, rpass = await self.redis.hmget(
+                self.queue_keys(queue).task(ulid), ["state", "wf", "node", "parents", "rpass"])
+        if state is None:
+            return None
+        return NodeLinks(state=TaskState.from_label(text(state)), workflow_id=text(wf), node=text(node),
+                         parent_ids=tuple(text(parents).split()), result_passing=int(rpass or 0))
+
+    async def parent_results(self, tasks: list[tuple[str, str]]) -> list[tuple[str, bytes, str]]:
+        """(node name, result, result media type) of finished parents given as (queue, ulid), in one
+        pipelined round trip; empty values for a parent whose record is gone."""
+        if not tasks:
+            return []
+        with redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, ulid in tasks:
+                    pipe.hmget(self.queue_keys(queue).task(ulid), ["node", "result", "rtype"])
+                replies = await pipe.execute()
+        return [(text(node), result or b"", text(rtype)) for node, result, rtype in replies]
+
+    async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:
+        """Ulids of a queue's ended workflow nodes whose workflow has not advanced yet, oldest
+        first; with `before_ms`, only those that ended at or before it (Redis clock)."""
+        high: str | int = "+inf" if before_ms is None else before_ms
+        with redis_errors():
+            members: Any = await self.redis.zrangebyscore(self.queue_keys(queue).wf_outbox, "-inf", high,
+                                                                  start=0, num=limit)
+        return [text(m) for m in members]
+
+    async def outbox_done(self, queue: str, ulids: list[str]) -> None:
+        """Drops outbox entries whose workflow has advanced (idempotent)."""
+        if ulids:
+            with redis_errors():
+                await self.redis.zrem(self.queue_keys(queue).wf_outbox, *ulids)
+
+    async def pending_page(self, queue: str, after: tuple[int, str] | None, before_ms: int,
+                           limit: int) -> list[tuple[int, str]]:
+        """(created ms, ulid) of pending nodes created at or before `before_ms`, after `after` in
+        index order (the reconciler's cursor)."""
+        low: str | int = "-inf" if after is None else after[0]
+        with redis_errors():
+            entries: Any = await self.redis.zrangebyscore(
+                self.queue_keys(queue).pending, low, before_ms, start=0, num=limit + 1000, withscores=True)
+        out = [(int(score), text(member)) for member, score in entries]
+        if after is not None:
+            out = [e for e in out if e > after]
+        return out[:limit]
+
+    async def time_ms(self) -> int:
+        """Redis's clock, ms."""
+        with redis_errors():
+            seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
 @contextlib.contextmanager
 def _schedule_errors(schedule_id: str) -> Iterator[None]:

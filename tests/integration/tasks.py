@@ -55,6 +55,12 @@ def wait_for_cancel(path: str, limit: float) -> str:
     return "not cancelled"
 
 
+@task
+def total(values: list[int], extra: int = 0) -> int:
+    """Sums a list (a chord callback's parents' results) plus `extra`."""
+    return sum(values) + extra
+
+
 worker = Worker(
     tasks=[
         examples.add,
@@ -69,6 +75,7 @@ worker = Worker(
         start_time,
         retry_after_then_succeed,
         wait_for_cancel,
+        total,
     ],
     queues=["default"],
 )

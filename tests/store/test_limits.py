@@ -290,10 +290,12 @@ def test_cancel_of_a_queued_task_lets_a_held_one_of_its_key_go(harness: StoreHar
 
 def test_a_held_task_keeps_its_start_deadline_and_expires_out_of_the_held_sets(harness: StoreHarness) -> None:
     harness.running(1, concurrency_key="k", concurrency_limit=1)
-    [held] = harness.submit(1, concurrency_key="k", concurrency_limit=1, start_timeout_ms=1)
+    # Long enough that the lease meets the task before its deadline, however slow the machine.
+    [held] = harness.submit(1, concurrency_key="k", concurrency_limit=1, start_timeout_ms=500)
     harness.lease(1)
     assert harness.dump()["indexes"]["start_by"] == [held]
-    time.sleep(0.01)
+    assert _held(harness, "k")[0] == [held]
+    time.sleep(0.55)
 
     assert harness.run(harness.store.expire(harness.queue, 10)) == [held]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker_service.domain import Completion, Failure, Lease, TaskError
-from broker_service.store.keys import QueueKeys, ScheduleKeys
+from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
 from tests.store.helpers import new_task
 
@@ -24,6 +24,8 @@ QUEUE = QueueKeys("conveyor", "meta")
 LEASE = Lease("01HAAAAAAAAAAAAAAAAAAAAAAA", 3)
 SCHEDULES = ScheduleKeys("conveyor")
 SCHEDULE_SCRIPTS = frozenset(name for name in SCRIPT_KEYS if name.endswith("_schedule"))
+WORKFLOW = WorkflowKeys("conveyor", "01HAAAAAAAAAAAAAAAAAAAAAAB")
+WORKFLOW_SCRIPTS = frozenset({"create_workflow", "settle_node", "cancel_workflow"})
 
 
 class Header:
@@ -92,7 +94,7 @@ class RecordingScripts(Scripts):
     async def run(self, name: str, keys: Any, args: Any) -> Any:
         self.calls.append((name, list(keys), list(args)))
         return {"promote": 0, "trim": 0, "cancel": b"cancelled", "set_limits": 0,
-                "delete_schedule": 1, "advance_schedule": 1}.get(name, [])
+                "delete_schedule": 1, "advance_schedule": 1, "create_workflow": 1}.get(name, [])
 
 
 def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
@@ -121,6 +123,10 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "resume_schedule": lambda: scripts.resume_schedule(SCHEDULES, "s"),
         "delete_schedule": lambda: scripts.delete_schedule(SCHEDULES, "s"),
         "advance_schedule": lambda: scripts.advance_schedule(SCHEDULES, "s", 1, 2, 1, 1, "t"),
+        "create_workflow": lambda: scripts.create_workflow(WORKFLOW, "wf", 1000, [("a", "t@q", "", "")] * items),
+        "settle_node": lambda: scripts.settle_node(WORKFLOW, "a", "succeeded"),
+        "cancel_workflow": lambda: scripts.cancel_workflow(WORKFLOW, "why"),
+        "unblock": lambda: scripts.unblock(QUEUE, [(LEASE.ulid, b"")] * items),
     }
     asyncio.run(calls[name]())
 
@@ -139,8 +145,9 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
         assert all(key.startswith(SCHEDULES.tag) for key in keys), "every key shares the schedules' hash tag"
     else:
         extra = {"index": QUEUE.queued} if name == "list_page" else None
-        assert keys == script_keys(name, QUEUE, extra)
-        assert all(key.startswith(QUEUE.tag) for key in keys), "every key shares the queue's hash tag"
+        owner = WORKFLOW if name in WORKFLOW_SCRIPTS else QUEUE
+        assert keys == script_keys(name, owner, extra)
+        assert all(key.startswith(owner.tag) for key in keys), "every key shares one hash tag"
     if header.items is not None:
         first, per_item = header.items
         assert first - 1 == len(header.argv)

@@ -37,6 +37,22 @@ EXPECTED = {
     "UnavailableError",
     "signature",
     "task",
+    # Workflows.
+    "DAG",
+    "AsyncWorkflowHandle",
+    "Chain",
+    "Chord",
+    "Group",
+    "WorkflowCancelledError",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNodeInfo",
+    "WorkflowState",
+    "WorkflowTimeoutError",
+    "chain",
+    "chord",
+    "group",
 }
 
 
@@ -59,7 +75,7 @@ def test_every_public_symbol_and_method_has_a_docstring() -> None:
 
 def test_every_error_is_a_conveyor_error() -> None:
     errors = [getattr(client_sdk, n) for n in client_sdk.__all__ if n.endswith("Error") and n != "RemoteError"]
-    assert len(errors) == 10
+    assert len(errors) == 13
     for error in errors:
         assert issubclass(error, client_sdk.ConveyorError)
 
@@ -78,7 +94,7 @@ def test_public_signatures_mention_no_protobuf_type() -> None:
 
 
 def test_cli_names_its_commands() -> None:
-    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule")
+    assert cli.COMMANDS == ("enqueue", "get", "wait", "cancel", "list", "queue", "schedule", "workflow")
     assert callable(cli.main)
 
 

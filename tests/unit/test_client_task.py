@@ -50,7 +50,14 @@ def test_s_binds_arguments_into_a_signature() -> None:
     assert sig == Signature(add.name, (1,), {"y": 2}, add.options)
 
 
-@pytest.mark.parametrize(("args", "kwargs"), [((), {}), ((1, 2, 3), {}), ((1,), {"z": 2}), ((1,), {"x": 1})])
+def test_s_may_leave_the_first_argument_to_a_workflow_parent_but_si_may_not() -> None:
+    assert add.s(y=2) == Signature(add.name, (), {"y": 2}, add.options)
+    with pytest.raises(TypeError, match="add"):
+        add.si(y=2)  # type: ignore[call-arg]
+    assert add.si(1, 2).immutable and not add.s(1, 2).immutable
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((1, 2, 3), {}), ((1,), {"z": 2}), ((1,), {"x": 1})])
 def test_s_refuses_arguments_that_do_not_fit_the_function(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
     with pytest.raises(TypeError, match="add"):
         add.s(*args, **kwargs)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@
 -- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
 -- KEYS[8] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[10] pending         ZSET     workflow nodes waiting for their parents
+-- KEYS[11] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] ulid    string  the task's ulid
 -- ARGV[2] reason  string  why ('' = "cancelled"), stored as `reason`
@@ -17,7 +19,8 @@
 --   ms); "running" when the task runs: `cancel` is set and its worker must be told.
 -- Limits: a waiting task that ends releases its unique key; one held back by its concurrency
 --   key leaves the held sets; a queued one lets the oldest held task of its key go to `queued`.
--- Publishes: `cancelled <ulid>` or `cancel <ulid>`; `queued <ulid>` (a held task let go).
+-- Publishes: `cancelled <ulid>` or `cancel <ulid>`; `queued <ulid>` (a held task let go); `workflow <ulid>`
+--   when a workflow node ended (added to `wf_outbox`).
 -- Errors: NOT_FOUND (no such task or its record expired), TERMINAL (already finished).
 
 local task_prefix = KEYS[1]
@@ -29,6 +32,8 @@ local events = KEYS[6]
 local held = KEYS[7]
 local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
+local pending = KEYS[10]
+local wf_outbox = KEYS[11]
 local ulid = ARGV[1]
 local reason = ARGV[2]
 
@@ -70,7 +75,7 @@ end
 
 if reason == '' then reason = 'cancelled' end
 local key = task_prefix .. ulid
-local f = redis.call('HMGET', key, 'state', 'ttl')
+local f = redis.call('HMGET', key, 'state', 'ttl', 'wf')
 local state = f[1]
 if not state then
   return redis.error_reply('NOT_FOUND task ' .. ulid)
@@ -86,6 +91,7 @@ if state == 'queued' or state == 'scheduled' or state == 'pending' then
   local ttl = tonumber(f[2])
   if state == 'queued' then redis.call('ZREM', queued, ulid) end
   if state == 'scheduled' then redis.call('ZREM', scheduled, ulid) end
+  if state == 'pending' then redis.call('ZREM', pending, ulid) end
   redis.call('ZREM', start_deadlines, ulid)
   limits_ended(key, ulid, state == 'queued') -- limits
   redis.call('HSET', key, 'state', 'cancelled', 'finished', now, 'reason', reason)
@@ -93,6 +99,11 @@ if state == 'queued' or state == 'scheduled' or state == 'pending' then
   redis.call('ZADD', cancelled, now + ttl, ulid)
   redis.call('PUBLISH', events, 'cancelled ' .. ulid)
   if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
+  -- workflow outbox: a node that ended, for its workflow to advance (broker_service/workflows.py)
+  if f[3] then
+    redis.call('ZADD', wf_outbox, now, ulid)
+    redis.call('PUBLISH', events, 'workflow ' .. ulid)
+  end
   return 'cancelled'
 end
 

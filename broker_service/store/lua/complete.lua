@@ -9,6 +9,7 @@
 -- KEYS[7] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
 -- KEYS[8] held_prefix  prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[9] uniq_prefix  prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[10] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1..] 4 per item:
 --   ulid    string  the task's ulid
@@ -21,7 +22,7 @@
 --   writes nothing. The record expires `ttl` ms after finishing.
 -- Limits: the task releases its unique key and its concurrency slot; the oldest task held back by
 --   its concurrency key goes back to `queued` in its old place.
--- Publishes: `succeeded <ulids>`, `queued <ulids>` (held tasks let go).
+-- Publishes: `succeeded <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -33,6 +34,7 @@ local held = KEYS[6]
 local conc_prefix = KEYS[7]
 local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
+local wf_outbox = KEYS[10]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,13 +76,14 @@ end
 -- end limits ------------------------------------------------------------------------------------
 
 local answers, done_ids, done_scores = {}, {}, {}
+local wf_done = {}
 for i = 1, #ARGV, 4 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local result = ARGV[i + 2]
   local rtype = ARGV[i + 3]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'started', 'finished', 'ttl', 'cancel')
+  local f = redis.call('HMGET', key, 'state', 'token', 'started', 'finished', 'ttl', 'cancel', 'wf')
   if f[2] ~= token then
     answers[#answers + 1] = -1
   elseif f[1] == 'running' then
@@ -93,6 +96,7 @@ for i = 1, #ARGV, 4 do
     redis.call('PEXPIREAT', key, now + ttl)
     limits_left(key, ulid, true)
     done_ids[#done_ids + 1] = ulid
+    if f[7] then wf_done[#wf_done + 1] = ulid end
     done_scores[#done_scores + 1] = now + ttl; done_scores[#done_scores + 1] = ulid
     answers[#answers + 1] = now - tonumber(f[3])
   elseif f[1] == 'succeeded' then
@@ -106,4 +110,11 @@ in_chunks('ZREM', running, done_ids)
 in_chunks('ZADD', succeeded, done_scores)
 if #done_ids > 0 then redis.call('PUBLISH', events, 'succeeded ' .. table.concat(done_ids, ' ')) end
 if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return answers

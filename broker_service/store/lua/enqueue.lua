@@ -39,7 +39,7 @@
 --   rpass          int     how parents' results are handed over (ResultPassing, 0 = none)
 --
 -- Every key, id and number above is stored in the task hash under its ARGV name when it is not
--- empty or 0 (`idem_ttl` is not stored). A task with parents is written `pending` into
+-- empty or 0 (`idem_ttl` is not stored). A task with parents (or any workflow node) is written `pending` into
 -- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
 -- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
 --
@@ -145,7 +145,8 @@ for i = 1, #ARGV, 27 do
     if due < now then due = now end
     local state = 'queued'
     if due > now then state = 'scheduled' end
-    local has_parents = extra[16] ~= ''
+    -- a workflow node waits pending, roots too: its workflow releases it once its record is written
+    local has_parents = extra[16] ~= '' or extra[12] ~= ''
     if has_parents then state = 'pending' end
 
     local fields = {'state', state, 'name', name, 'max', max, 'b_init', b_init, 'b_max', b_max,

@@ -9,6 +9,7 @@
 -- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
 -- KEYS[8] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[10] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit  int  most deadlines handled by this call
 --
@@ -16,7 +17,7 @@
 --   A deadline whose task already started or finished is only dropped from the index.
 -- Limits: an expired task releases its unique key; one held back by its concurrency key leaves
 --   the held sets; a queued one lets the oldest held task of its key go to `queued`.
--- Publishes: `expired <ulids>`, `queued <ulids>` (held tasks let go).
+-- Publishes: `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -28,6 +29,7 @@ local events = KEYS[6]
 local held = KEYS[7]
 local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
+local wf_outbox = KEYS[10]
 local limit = tonumber(ARGV[1])
 
 local t = redis.call('TIME')
@@ -73,10 +75,10 @@ end
 -- end limits ------------------------------------------------------------------------------------
 
 local due = redis.call('ZRANGEBYSCORE', start_deadlines, '-inf', now, 'LIMIT', 0, limit)
-local ids, from_queued, from_scheduled, to_expired = {}, {}, {}, {}
+local ids, from_queued, from_scheduled, to_expired, wf_done = {}, {}, {}, {}, {}
 for _, ulid in ipairs(due) do
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl')
+  local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl', 'wf')
   local state = f[1]
   if (state == 'queued' or state == 'scheduled' or state == 'pending') and tonumber(f[2] or '0') == 0 then
     local ttl = tonumber(f[3])
@@ -87,6 +89,7 @@ for _, ulid in ipairs(due) do
     redis.call('PEXPIREAT', key, now + ttl)
     to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
     ids[#ids + 1] = ulid
+    if f[4] then wf_done[#wf_done + 1] = ulid end
   end
 end
 
@@ -96,4 +99,11 @@ in_chunks('ZREM', scheduled, from_scheduled)
 in_chunks('ZADD', expired, to_expired)
 if #ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(ids, ' ')) end
 if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return ids

@@ -11,6 +11,7 @@
 -- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
 -- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] dl_ttl  int  how long a dead-lettered record is kept, ms
 -- ARGV[2] dl_max  int  most tasks kept in the dead-letter set (the oldest are deleted)
@@ -31,7 +32,7 @@
 --   delay going straight to `queued` (reason retry).
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
 --   back to `queued`); a task that ends releases its unique key, a retried one keeps it.
--- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind).
+-- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -45,6 +46,7 @@ local held = KEYS[8]
 local conc_prefix = KEYS[9]
 local held_prefix = KEYS[10]
 local uniq_prefix = KEYS[11]
+local wf_outbox = KEYS[12]
 local dl_ttl = tonumber(ARGV[1])
 local dl_max = tonumber(ARGV[2])
 
@@ -91,7 +93,7 @@ local function publish(kind, ids)
   if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
 end
 
-local answers, left_running = {}, {}
+local answers, left_running, wf_done = {}, {}, {}
 local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
 local queued_ids, scheduled_ids, dead_ids, cancelled_ids = {}, {}, {}, {}
 
@@ -107,7 +109,7 @@ for i = 3, #ARGV, 8 do
 
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'max', 'b_init', 'b_max', 'b_mult',
-                       'b_jit', 'prio', 'cancel', 'ttl')
+                       'b_jit', 'prio', 'cancel', 'ttl', 'wf')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 'stale'
   else
@@ -127,6 +129,7 @@ for i = 3, #ARGV, 8 do
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
       limits_left(key, ulid, true)
+      if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'cancelled'
     elseif e_retry == '0' or attempt >= tonumber(f[4]) then
       local reason = 'attempts_exhausted'
@@ -136,6 +139,7 @@ for i = 3, #ARGV, 8 do
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead_ids[#dead_ids + 1] = ulid
       limits_left(key, ulid, true)
+      if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'dead'
     else
       local delay = retry_after
@@ -178,4 +182,11 @@ publish('queued', queued_ids)
 publish('scheduled', scheduled_ids)
 publish('failed', dead_ids)
 publish('cancelled', cancelled_ids)
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return answers

@@ -13,6 +13,7 @@
 -- KEYS[11] conc_prefix     prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
 -- KEYS[12] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[13] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[14] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] count      int     most tasks to lease (expired ones do not count)
 -- ARGV[2] worker_id  string  the worker that receives them
@@ -25,15 +26,16 @@
 --   releases its unique key and lets one held task of its concurrency key go back to `queued`.
 --
 -- Returns: {now, leased, expired, retry_ms, slots_full}: `now` the lease time (ms, = started of every leased task);
---   `leased` flat, 11 entries per task: ulid, name, payload, ctype, headers, attempt, max,
---   token, lease, timeout, due (payload/ctype/headers/timeout nil when absent); `expired` the
+--   `leased` flat, 13 entries per task: ulid, name, payload, ctype, headers, attempt, max,
+--   token, lease, timeout, due, presults, rpass (payload/ctype/headers/timeout and a workflow
+--   node's parents' results and result passing nil when absent); `expired` the
 --   ulids that were past their schedule-to-start deadline and ended EXPIRED instead.
 --   A task is checked against start_by only before its first start (attempt 0).
 --   `retry_ms` -1 when there is nothing to call again for; >0 when the rate limit stopped the
 --   lease with tasks left: the ms until the next token; 0 when tasks are left that this call's
 --   bounds left unseen (call again now). `slots_full` 1 when max_running stopped the lease with
 --   tasks left (call again when a task of the queue leaves running), else 0.
--- Publishes: `running <ulids>`, `expired <ulids>`, `queued <ulids>` (held tasks let go).
+-- Publishes: `running <ulids>`, `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -49,6 +51,7 @@ local held = KEYS[10]
 local conc_prefix = KEYS[11]
 local held_prefix = KEYS[12]
 local uniq_prefix = KEYS[13]
+local wf_outbox = KEYS[14]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
@@ -124,6 +127,7 @@ end
 -- end limits ----------------------------------------------------------------------------------
 
 local picked, expired_ids, expired_scores, unstart = {}, {}, {}, {}
+local wf_done = {}
 while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
   local popped = redis.call('ZPOPMIN', queued, count - #picked)
   if #popped == 0 then break end
@@ -131,7 +135,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     local ulid = popped[j]
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
-                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl')
+                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -141,6 +145,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
         redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
         redis.call('PEXPIREAT', key, now + ttl)
         expired_ids[#expired_ids + 1] = ulid
+        if f[13] then wf_done[#wf_done + 1] = ulid end
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid
         -- limits: an expired task frees its unique key and lets one held task of its key go
@@ -180,7 +185,7 @@ if #picked > 0 then
     if attempt > 1 then redis.call('HDEL', key, 'prog', 'prog_msg') end
     to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = ulid
     run_ids[#run_ids + 1] = ulid
-    local base = #leased
+    local base = #leased -- 13 entries per task
     leased[base + 1] = ulid
     leased[base + 2] = f[4]
     leased[base + 3] = f[5]
@@ -192,6 +197,8 @@ if #picked > 0 then
     leased[base + 9] = f[9]
     leased[base + 10] = f[10]
     leased[base + 11] = f[11]
+    leased[base + 12] = f[14]
+    leased[base + 13] = f[15]
   end
 end
 
@@ -216,4 +223,11 @@ in_chunks('ZREM', start_deadlines, unstart)
 if #run_ids > 0 then redis.call('PUBLISH', events, 'running ' .. table.concat(run_ids, ' ')) end
 if #expired_ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(expired_ids, ' ')) end
 if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return {now, leased, expired_ids, retry_ms, slots_full}

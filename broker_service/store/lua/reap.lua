@@ -11,6 +11,7 @@
 -- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
 -- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit   int    most tasks handled by this call
 -- ARGV[2] r       float  random fraction in [0, 1); item i uses frac(r + i * 0.618...) as jitter
@@ -25,7 +26,7 @@
 --   error LeaseExpired on the last attempt (dead).
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
 --   back to `queued`); a task that ends releases its unique key, a requeued or retried one keeps it.
--- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind).
+-- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -39,6 +40,7 @@ local held = KEYS[8]
 local conc_prefix = KEYS[9]
 local held_prefix = KEYS[10]
 local uniq_prefix = KEYS[11]
+local wf_outbox = KEYS[12]
 local limit = tonumber(ARGV[1])
 local r = tonumber(ARGV[2])
 local dl_ttl = tonumber(ARGV[3])
@@ -92,7 +94,7 @@ end
 local due_ids = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, limit)
 local requeued, timed_out, dead, cancelled_ids = {}, {}, {}, {}
 local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
-local queued_ids, scheduled_ids = {}, {}
+local queued_ids, scheduled_ids, wf_done = {}, {}, {}
 
 local function set_error(key, attempt, fields, e_type, e_msg)
   fields[#fields + 1] = 'e_type'; fields[#fields + 1] = e_type
@@ -105,7 +107,7 @@ end
 for i, ulid in ipairs(due_ids) do
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'attempt', 'max', 'b_init', 'b_max', 'b_mult', 'b_jit',
-                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease')
+                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf')
   if f[1] == 'running' then
     local attempt = tonumber(f[2])
     local exhausted = attempt >= tonumber(f[3])
@@ -118,6 +120,7 @@ for i, ulid in ipairs(due_ids) do
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
       limits_left(key, ulid, true)
+      if f[15] then wf_done[#wf_done + 1] = ulid end
     elseif exec_dl > 0 and exec_dl <= now then
       local msg = 'attempt ' .. attempt .. ' exceeded its execution timeout of ' .. f[13] .. ' ms'
       if exhausted then
@@ -127,6 +130,7 @@ for i, ulid in ipairs(due_ids) do
         to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
         dead[#dead + 1] = ulid
         limits_left(key, ulid, true)
+        if f[15] then wf_done[#wf_done + 1] = ulid end
       else
         local ri = (r + (i - 1) * GOLDEN) % 1
         local b_init = tonumber(f[4])
@@ -156,6 +160,7 @@ for i, ulid in ipairs(due_ids) do
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead[#dead + 1] = ulid
       limits_left(key, ulid, true)
+      if f[15] then wf_done[#wf_done + 1] = ulid end
     else
       redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
       to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + tonumber(f[12])
@@ -185,4 +190,11 @@ publish('queued', queued_ids)
 publish('scheduled', scheduled_ids)
 publish('failed', dead)
 publish('cancelled', cancelled_ids)
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return {requeued, timed_out, dead, cancelled_ids}

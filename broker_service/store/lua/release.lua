@@ -10,6 +10,7 @@
 -- KEYS[8] conc_prefix      prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
 -- KEYS[9] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[10] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[11] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] reason   string  why the tasks come back (stored as `reason`)
 -- ARGV[2] started  int     1 if the attempts started; 0 and the attempt is not counted
@@ -21,7 +22,7 @@
 --   cancel request ends CANCELLED instead. A task back at attempt 0 regains its start_by entry.
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
 --   back to `queued`); a cancelled one releases its unique key, a requeued one keeps it.
--- Publishes: `queued`, `cancelled` with their ulids (one message per kind).
+-- Publishes: `queued`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -34,6 +35,7 @@ local held = KEYS[7]
 local conc_prefix = KEYS[8]
 local held_prefix = KEYS[9]
 local uniq_prefix = KEYS[10]
+local wf_outbox = KEYS[11]
 local reason = ARGV[1]
 local started = ARGV[2]
 
@@ -81,13 +83,13 @@ local function publish(kind, ids)
 end
 
 local answers, left_running, to_queue, to_cancel, to_start_by = {}, {}, {}, {}, {}
-local queued_ids, cancelled_ids = {}, {}
+local queued_ids, cancelled_ids, wf_done = {}, {}, {}
 
 for i = 3, #ARGV, 2 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by')
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 0
   else
@@ -100,6 +102,7 @@ for i = 3, #ARGV, 2 do
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
       limits_left(key, ulid, true)
+      if f[9] then wf_done[#wf_done + 1] = ulid end
     else
       local attempt = tonumber(f[3])
       if started ~= '1' and attempt > 0 then attempt = attempt - 1 end
@@ -124,4 +127,11 @@ in_chunks('ZADD', start_deadlines, to_start_by)
 for _, u in ipairs(unheld) do queued_ids[#queued_ids + 1] = u end -- limits
 publish('queued', queued_ids)
 publish('cancelled', cancelled_ids)
+-- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
+if #wf_done > 0 then
+  local entries = {}
+  for _, id in ipairs(wf_done) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+  in_chunks('ZADD', wf_outbox, entries)
+  redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
+end
 return answers
