@@ -154,3 +154,25 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
         assert len(args) == len(header.argv) + 3 * per_item
     elif name != "list_page":
         assert len(args) == len(header.argv)
+
+
+def _local_functions(source: str) -> dict[str, str]:
+    """{name: text} of the script's `local function` definitions (up to their closing `end`)."""
+    found = {}
+    for match in re.finditer(r"(?m)^local function (\w+)\(.*?^end$", source, re.S):
+        found[match.group(1)] = match.group(0)
+    return found
+
+
+def test_helpers_copied_into_several_scripts_are_the_same_everywhere() -> None:
+    """Scripts cannot include one another (each file is one transition, loaded alone), so a helper
+    that several need is copied into each. The copies must not drift apart."""
+    copies: dict[str, dict[str, str]] = {}
+    for name in SCRIPTS:
+        for function, text in _local_functions((LUA / f"{name}.lua").read_text()).items():
+            copies.setdefault(function, {})[name] = text
+    shared = {function: by_script for function, by_script in copies.items() if len(by_script) > 1}
+    assert {"in_chunks", "let_one_go"} <= set(shared)
+    for function, by_script in shared.items():
+        variants = set(by_script.values())
+        assert len(variants) == 1, f"{function} differs between {sorted(by_script)}"
