@@ -32,7 +32,7 @@ from broker_service import config
 from broker_service.domain import RedeliveryReason, TaskState
 from broker_service.loops.readiness import READINESS
 from broker_service.metrics import Metrics
-from client_sdk import Client, TaskFailedError
+from client_sdk import Client, TaskFailedError, chain
 from tests.helpers import REPO_ROOT, BrokerFactory, WorkerFactory, eventually
 from tests.redis_process import RedisProcess
 from worker_sdk import cli as worker_cli
@@ -310,6 +310,14 @@ def test_alerts_and_dashboard_query_only_metrics_and_labels_a_real_broker_export
         with pytest.raises(TaskFailedError):
             doomed.result(timeout=15)
         client.enqueue(add.with_options(queue=queue_name, delay=60), 1, 1).cancel()
+        once = add.with_options(queue=queue_name, idempotency_key="once")
+        assert client.enqueue(once, 1, 1).id == client.enqueue(once, 1, 1).id
+        flow = client.submit_workflow(chain(add.s(1, 2).with_options(queue=queue_name),
+                                            add.s(4).with_options(queue=queue_name)))
+        assert flow.result(timeout=15) == 7
+        client.set_queue_limits(queue_name, rate_per_second=2, rate_burst=1)
+        paced = [client.enqueue(add.with_options(queue=queue_name), i, i) for i in range(3)]
+        assert [h.result(timeout=15) for h in paced] == [0, 2, 4]
     assert broker.metrics_url is not None
     eventually(lambda: f'conveyor_queue_depth{{queue="{queue_name}"' in _scrape(broker.metrics_url or ""),
                timeout=15, interval=0.2)
