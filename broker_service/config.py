@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 _ENV_PREFIX = "CONVEYOR_"
@@ -37,6 +37,7 @@ class Settings:
     redis_timeout_seconds: float = 5.0
     redis_max_connections: int = 256
     log_level: str = "INFO"
+    client_sessions: bool = True  # serve TaskService.OpenSession (off: clients use the unary RPCs)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -67,6 +68,8 @@ _HELP = {
     "redis_timeout_seconds": "socket timeout of Redis calls",
     "redis_max_connections": "Redis connections per broker; calls beyond wait for one (up to the Redis timeout)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "client_sessions": "serve client sessions (OpenSession: SDK submits and waits batched on one stream); "
+                       "--no-client-sessions or 0 turns them off",
 }
 
 
@@ -75,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         env = _ENV_PREFIX + f.name.upper()
+        if isinstance(f.default, bool):  # --flag / --no-flag
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{_HELP[f.name]} [env {env}, default {f.default!r}]")
+            continue
         parser.add_argument(flag, dest=f.name, type=type(f.default), default=None,
                             help=f"{_HELP[f.name]} [env {env}, default {f.default!r}]")
 
@@ -87,7 +94,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         given = getattr(args, f.name, None) if args is not None else None
         if given is None and (_ENV_PREFIX + f.name.upper()) in environ:
             raw = environ[_ENV_PREFIX + f.name.upper()]
-            kind: type = type(f.default)
+            kind: Callable[[str], object] = _parse_bool if isinstance(f.default, bool) else type(f.default)
             try:
                 given = kind(raw)
             except ValueError as exc:
@@ -102,3 +109,13 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="conveyor serve", description="Run the Conveyor broker.")
     add_arguments(parser)
     return load(parser.parse_args(argv))
+
+
+def _parse_bool(raw: str) -> bool:
+    """A boolean variable: 1/true/yes/on or 0/false/no/off, any case."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/true/yes/on or 0/false/no/off")

@@ -303,6 +303,21 @@ class Store:
                 sizes = await pipe.execute()
         return {state: int(size) for state, size in zip(states, sizes, strict=True)}
 
+    # --- client sessions: the result waits of one session, read together ---
+
+    async def get_many(self, queue: str, ulids: list[str]) -> list[TaskRecord | None]:
+        """Reads tasks of one queue in one round trip (pipelined HGETALL); None where unknown."""
+        keys = self.queue_keys(queue)
+        with redis_errors():
+            if len(ulids) == 1:
+                raws = [await self.redis.hgetall(keys.task(ulids[0]))]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for ulid in ulids:
+                        pipe.hgetall(keys.task(ulid))
+                    raws = await pipe.execute()
+        return [record_from_hash(ulid, queue, raw) if raw else None for ulid, raw in zip(ulids, raws, strict=True)]
+
 
 def _encode_cursor(queue: str, state: TaskState, last: tuple[str, str]) -> str:
     score, ulid = last
