@@ -1,0 +1,238 @@
+"""The client session: one OpenSession stream carrying the client's submits and result waits.
+
+Calls made while a message is being written wait in a list and leave together in the next
+message (no timer: a lone call is written at once), and the broker answers each on its own.
+A broken stream fails the calls in flight with UnavailableError (a submit is never resent: it
+may have been stored) and the next call opens a new session. A broker that answers
+UNIMPLEMENTED (older, or sessions turned off) raises SessionsUnsupported: nothing was run, and
+the client falls back to the unary RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from conveyor.v1 import task_service_pb2 as ts
+
+from client_sdk import _convert
+from client_sdk._errors import (
+    ConveyorError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnavailableError,
+    from_rpc_error,
+    from_status,
+)
+
+__all__ = ["AsyncSession", "SessionsUnsupported", "SyncSession", "submit_call", "wait_call"]
+
+# Most calls in one message; more wait for the next one.
+MAX_CALLS_PER_MESSAGE = 1000
+# Longest wait the broker accepts in one call; longer waits are asked again.
+MAX_WAIT_SECONDS = 86_400.0
+# The SDK names fields as the unary RPCs do, whichever way a call travelled.
+_FIELD_PREFIXES = (("submit.", "task."), ("submit_and_wait.task.", "task."), ("wait.task_id", "task_id"))
+
+
+class SessionsUnsupported(Exception):
+    """The broker does not serve client sessions; the call was not run."""
+
+
+def submit_call(spec: ts.TaskSpec) -> ts.SessionCall:
+    return ts.SessionCall(submit=spec)
+
+
+def wait_call(task_id: str, seconds: float) -> ts.SessionCall:
+    return ts.SessionCall(wait=ts.SessionWait(task_id=task_id, timeout=_convert.duration(max(0.0, seconds))))
+
+
+def outcome(reply: ts.SessionReply) -> ts.SessionReply:
+    """The reply, or the SDK error it carries."""
+    if reply.WhichOneof("outcome") == "error":
+        raise _unary_names(from_status(reply.error))
+    return reply
+
+
+def _unary_names(error: ConveyorError) -> ConveyorError:
+    if not isinstance(error, InvalidArgumentError) or error.field is None:
+        return error
+    for prefix, unary in _FIELD_PREFIXES:
+        if error.field.startswith(prefix):
+            field = unary + error.field[len(prefix):]
+            violations = tuple((unary + f[len(prefix):] if f.startswith(prefix) else f, d)
+                               for f, d in error.violations)
+            message = error.message.replace(error.field, field, 1)
+            return InvalidArgumentError(message, field=field, violations=violations, code=error.code,
+                                        reason=error.reason, metadata=error.metadata)
+    return error
+
+
+def _stream_error(exc: BaseException | None) -> Exception:
+    """What the calls in flight raise when the stream ends."""
+    if isinstance(exc, grpc.RpcError):
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return SessionsUnsupported()
+        error = from_rpc_error(exc)
+        if isinstance(error, UnavailableError):
+            return error
+        return UnavailableError(f"session ended: {error.message}", code=error.code, reason=error.reason)
+    return UnavailableError("session ended")
+
+
+def _deadline_error(timeout: float) -> DeadlineExceededError:
+    return DeadlineExceededError(f"no answer within {timeout:g}s", code="DEADLINE_EXCEEDED")
+
+
+class AsyncSession:
+    """A session on a grpc.aio channel; use it from the event loop that opened it."""
+
+    def __init__(self, stub: Any) -> None:
+        self._call = stub.OpenSession()
+        self._pending: list[ts.SessionCall] = []
+        self._waiting: dict[int, asyncio.Future[ts.SessionReply]] = {}
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self.error: Exception | None = None
+        self._writer = asyncio.create_task(self._write(), name="conveyor-session-write")
+        self._reader = asyncio.create_task(self._read(), name="conveyor-session-read")
+
+    async def call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply:
+        """Sends one call and returns its reply (raising the SDK error it carries)."""
+        if self.error is not None:
+            raise self.error
+        call.call_id = call_id = next(self._ids)
+        future: asyncio.Future[ts.SessionReply] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        self._pending.append(call)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return outcome(await future)
+        except TimeoutError:
+            raise _deadline_error(timeout) from None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    async def _write(self) -> None:
+        try:
+            while self.error is None:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending and self.error is None:
+                    calls = self._pending[:MAX_CALLS_PER_MESSAGE]
+                    del self._pending[:MAX_CALLS_PER_MESSAGE]
+                    await self._call.write(ts.SessionRequest(calls=calls))
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            self._fail(exc)
+
+    async def _read(self) -> None:
+        failure: BaseException | None = None
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                for reply in response.replies:
+                    future = self._waiting.get(reply.call_id)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        except grpc.RpcError as exc:
+            failure = exc
+        self._fail(failure)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self.error is None:
+            self.error = _stream_error(exc)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(self.error)
+        self._pending.clear()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Cancels the stream; calls in flight raise UnavailableError."""
+        self._call.cancel()
+        self._fail(UnavailableError("client closed"))
+        for task in (self._writer, self._reader):
+            task.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+
+class SyncSession:
+    """A session on a sync channel, safe to share between threads.
+
+    grpc's own thread pulls messages from `_requests` as the previous one is written; a reader
+    thread of ours hands each reply to the thread waiting for it.
+    """
+
+    def __init__(self, stub: Any) -> None:
+        self._lock = threading.Condition()
+        self._pending: list[ts.SessionCall] = []
+        self._waiting: dict[int, concurrent.futures.Future[ts.SessionReply]] = {}
+        self._ids = itertools.count(1)
+        self.error: Exception | None = None
+        self._responses = stub.OpenSession(self._requests())
+        self._reader = threading.Thread(target=self._read, name="conveyor-session", daemon=True)
+        self._reader.start()
+
+    def call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply:
+        """Sends one call and returns its reply (raising the SDK error it carries)."""
+        future: concurrent.futures.Future[ts.SessionReply] = concurrent.futures.Future()
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            call.call_id = call_id = next(self._ids)
+            self._waiting[call_id] = future
+            self._pending.append(call)
+            self._lock.notify()
+        try:
+            return outcome(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise _deadline_error(timeout) from None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def _requests(self) -> Iterator[ts.SessionRequest]:
+        while True:
+            with self._lock:
+                while not self._pending and self.error is None:
+                    self._lock.wait()
+                if self.error is not None:
+                    return
+                calls = self._pending[:MAX_CALLS_PER_MESSAGE]
+                del self._pending[:MAX_CALLS_PER_MESSAGE]
+            yield ts.SessionRequest(calls=calls)
+
+    def _read(self) -> None:
+        failure: BaseException | None = None
+        try:
+            for response in self._responses:
+                for reply in response.replies:
+                    future = self._waiting.get(reply.call_id)
+                    if future is not None:
+                        with contextlib.suppress(concurrent.futures.InvalidStateError):
+                            future.set_result(reply)
+        except grpc.RpcError as exc:
+            failure = exc
+        self._fail(failure)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = _stream_error(exc)
+            waiting = list(self._waiting.values())
+            self._pending.clear()
+            self._lock.notify_all()
+        for future in waiting:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(self.error)
+
+    def close(self) -> None:
+        """Cancels the stream; calls in flight raise UnavailableError."""
+        self._fail(UnavailableError("client closed"))
+        self._responses.cancel()
+        self._reader.join(timeout=5)
