@@ -17,7 +17,7 @@ from client_sdk._channel import channel_options
 from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, WAIT_RECONNECTS
 from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
 from client_sdk._models import TaskInfo, TaskState
-from client_sdk._session import MAX_WAIT_SECONDS, AsyncSession, SessionsUnsupported, submit_call, wait_call
+from client_sdk._session import AsyncSessionCalls
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["AsyncClient", "AsyncTaskHandle"]
@@ -110,8 +110,8 @@ class AsyncClient:
         self._options = channel_options(options)
         self._channel: Any = None
         self._stub_instance: Any = None
-        self._session: AsyncSession | None = None
-        self._sessions_ok = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+        # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
+        self._sessions = AsyncSessionCalls(lambda: self._stub, timeout)
 
     @property
     def _stub(self) -> Any:
@@ -159,7 +159,7 @@ class AsyncClient:
             UnavailableError: If the broker or its store could not be reached.
         """
         spec = _convert.signature_spec(_convert.to_signature(task, args, kwargs))
-        return AsyncTaskHandle(await self._submit(spec, None), self)
+        return AsyncTaskHandle(await self._sessions.submit(spec, None), self)
 
     async def enqueue_many(self, signatures: Iterable[Signature], *,
                            timeout: float | None = None) -> builtins.list[AsyncTaskHandle]:
@@ -202,7 +202,7 @@ class AsyncClient:
             A handle of the new task.
         """
         spec = _convert.task_spec(name, bytes(payload), content_type, TaskOptions(queue=queue, **options))
-        return AsyncTaskHandle(await self._submit(spec, rpc_timeout), self)
+        return AsyncTaskHandle(await self._sessions.submit(spec, rpc_timeout), self)
 
     async def get(self, task_id: str, *, timeout: float | None = None) -> TaskInfo:
         """Reads one task; see `Client.get`.
@@ -238,10 +238,9 @@ class AsyncClient:
         if budget <= 0:
             return _convert.terminal_or_timeout(await self.get(task_id), budget)
         deadline = time.monotonic() + budget
-        if self._sessions_ok:
-            waited = await self._session_wait(task_id, budget, deadline)
-            if waited is not None:
-                return waited
+        waited = await self._sessions.wait(task_id, budget, deadline) if self._sessions.enabled else None
+        if waited is not None:
+            return waited
         last: TaskInfo | None = None
         failures = 0
         while (remaining := deadline - time.monotonic()) > 0:
@@ -329,9 +328,7 @@ class AsyncClient:
         Args:
             grace: Seconds calls in flight get to finish; None cancels them at once.
         """
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._sessions.close()
         if self._channel is not None:
             await self._channel.close(grace)
             self._channel = self._stub_instance = None
@@ -345,53 +342,3 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.target}>"
-
-    # --- client sessions (_session.py): submits and waits share one stream ----------------------
-
-    async def _session_call(self, call: task_service_pb2.SessionCall,
-                            timeout: float) -> task_service_pb2.SessionReply | None:
-        """The call's reply over the session; None when the broker has no sessions (use the unary RPC)."""
-        if not self._sessions_ok:
-            return None
-        if self._session is None or self._session.error is not None:
-            self._session = AsyncSession(self._stub)
-        try:
-            return await self._session.call(call, timeout)
-        except SessionsUnsupported:
-            self._sessions_ok = False
-            return None
-
-    async def _submit(self, spec: task_service_pb2.TaskSpec, timeout: float | None) -> str:
-        """Submits one task: over the session, else with EnqueueTask. Never resent: returns its id."""
-        reply = await self._session_call(submit_call(spec), self.timeout if timeout is None else timeout)
-        if reply is None:
-            reply = await self._call("EnqueueTask", task_service_pb2.EnqueueTaskRequest(task=spec), timeout)
-            task_id: str = reply.task_id
-        else:
-            task_id = reply.submitted.task_id
-        return task_id
-
-    async def _session_wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
-        """`wait` over the session, asked again on a new session if one breaks; None: no sessions."""
-        last: TaskInfo | None = None
-        failures = 0
-        while (remaining := deadline - time.monotonic()) > 0:
-            seconds = min(remaining, MAX_WAIT_SECONDS)
-            try:
-                reply = await self._session_call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
-            except UnavailableError:
-                failures += 1
-                if failures >= WAIT_RECONNECTS:
-                    raise
-                await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
-                continue
-            except DeadlineExceededError:
-                if last is None:
-                    raise
-                break
-            if reply is None:
-                return None
-            last, failures = _convert.task_info(reply.task), 0
-            if last.terminal:
-                return last
-        raise TaskTimeoutError(task_id, budget, last)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
@@ -21,7 +20,7 @@ from client_sdk._errors import (
     from_rpc_error,
 )
 from client_sdk._models import TaskInfo, TaskState
-from client_sdk._session import MAX_WAIT_SECONDS, SessionsUnsupported, SyncSession, submit_call, wait_call
+from client_sdk._session import SyncSessionCalls
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["Client", "TaskHandle"]
@@ -123,9 +122,8 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
-        self._session: SyncSession | None = None
-        self._session_lock = threading.Lock()
-        self._sessions_ok = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+        # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
+        self._sessions = SyncSessionCalls(self._stub, timeout)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -162,7 +160,7 @@ class Client:
             UnavailableError: If the broker or its store could not be reached.
         """
         spec = _convert.signature_spec(_convert.to_signature(task, args, kwargs))
-        return TaskHandle(self._submit(spec, None), self)
+        return TaskHandle(self._sessions.submit(spec, None), self)
 
     def enqueue_many(self, signatures: Iterable[Signature], *,
                      timeout: float | None = None) -> builtins.list[TaskHandle]:
@@ -213,7 +211,7 @@ class Client:
             UnavailableError: If the broker or its store could not be reached.
         """
         spec = _convert.task_spec(name, bytes(payload), content_type, TaskOptions(queue=queue, **options))
-        return TaskHandle(self._submit(spec, rpc_timeout), self)
+        return TaskHandle(self._sessions.submit(spec, rpc_timeout), self)
 
     def get(self, task_id: str, *, timeout: float | None = None) -> TaskInfo:
         """Reads one task.
@@ -256,10 +254,9 @@ class Client:
         if budget <= 0:
             return _convert.terminal_or_timeout(self.get(task_id), budget)
         deadline = time.monotonic() + budget
-        if self._sessions_ok:
-            waited = self._session_wait(task_id, budget, deadline)
-            if waited is not None:
-                return waited
+        waited = self._sessions.wait(task_id, budget, deadline) if self._sessions.enabled else None
+        if waited is not None:
+            return waited
         last: TaskInfo | None = None
         failures = 0
         while (remaining := deadline - time.monotonic()) > 0:
@@ -354,10 +351,7 @@ class Client:
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
-        with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        self._sessions.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -369,56 +363,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.target}>"
-
-    # --- client sessions (_session.py): submits and waits share one stream ----------------------
-
-    def _session_call(self, call: task_service_pb2.SessionCall,
-                      timeout: float) -> task_service_pb2.SessionReply | None:
-        """The call's reply over the session; None when the broker has no sessions (use the unary RPC)."""
-        if not self._sessions_ok:
-            return None
-        with self._session_lock:
-            if self._session is None or self._session.error is not None:
-                self._session = SyncSession(self._stub)
-            session = self._session
-        try:
-            return session.call(call, timeout)
-        except SessionsUnsupported:
-            self._sessions_ok = False
-            return None
-
-    def _submit(self, spec: task_service_pb2.TaskSpec, timeout: float | None) -> str:
-        """Submits one task: over the session, else with EnqueueTask. Never resent: returns its id."""
-        reply = self._session_call(submit_call(spec), self.timeout if timeout is None else timeout)
-        if reply is None:
-            reply = self._call(self._stub.EnqueueTask, task_service_pb2.EnqueueTaskRequest(task=spec), timeout)
-            task_id: str = reply.task_id
-        else:
-            task_id = reply.submitted.task_id
-        return task_id
-
-    def _session_wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
-        """`wait` over the session, asked again on a new session if one breaks; None: no sessions."""
-        last: TaskInfo | None = None
-        failures = 0
-        while (remaining := deadline - time.monotonic()) > 0:
-            seconds = min(remaining, MAX_WAIT_SECONDS)
-            try:
-                reply = self._session_call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
-            except UnavailableError:
-                failures += 1
-                if failures >= WAIT_RECONNECTS:
-                    raise
-                time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
-                continue
-            except DeadlineExceededError:
-                if last is None:
-                    raise
-                break
-            if reply is None:
-                return None
-            last, failures = _convert.task_info(reply.task), 0
-            if last.terminal:
-                return last
-        raise TaskTimeoutError(task_id, budget, last)
-

@@ -15,7 +15,8 @@ import concurrent.futures
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -26,13 +27,19 @@ from client_sdk._errors import (
     ConveyorError,
     DeadlineExceededError,
     InvalidArgumentError,
+    TaskTimeoutError,
     UnavailableError,
     from_rpc_error,
     from_status,
 )
+from client_sdk._models import TaskInfo
 
-__all__ = ["AsyncSession", "SessionsUnsupported", "SyncSession", "submit_call", "wait_call"]
+__all__ = ["AsyncSessionCalls", "SessionsUnsupported", "SyncSessionCalls"]
 
+# Extra time a wait's deadline gives the broker to answer it itself (as _client.STREAM_SLACK for WaitTask).
+STREAM_SLACK = 1.0
+# Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
+WAIT_RECONNECTS = 5
 # Most calls in one message; more wait for the next one.
 MAX_CALLS_PER_MESSAGE = 1000
 # Longest wait the broker accepts in one call; longer waits are asked again.
@@ -236,3 +243,141 @@ class SyncSession:
         self._fail(UnavailableError("client closed"))
         self._responses.cancel()
         self._reader.join(timeout=5)
+
+
+class SyncSessionCalls:
+    """The sync client's submits and waits: over its session, or over the unary RPCs when the
+    broker has none. Safe to share between threads."""
+
+    def __init__(self, stub: Any, timeout: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._session: SyncSession | None = None
+        self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+
+    def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
+        """The call's reply; None when the broker has no sessions (the call was not run)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            if self._session is None or self._session.error is not None:
+                self._session = SyncSession(self._stub)
+            session = self._session
+        try:
+            return session.call(call, timeout)
+        except SessionsUnsupported:
+            self.enabled = False
+            return None
+
+    def submit(self, spec: ts.TaskSpec, timeout: float | None) -> str:
+        """Submits one task and returns its id. Never resent."""
+        budget = self._timeout if timeout is None else timeout
+        reply = self._call(submit_call(spec), budget)
+        if reply is not None:
+            task_id: str = reply.submitted.task_id
+            return task_id
+        try:
+            response = self._stub.EnqueueTask(ts.EnqueueTaskRequest(task=spec), timeout=budget)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        task_id = response.task_id
+        return task_id
+
+    def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
+        """`Client.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
+        last: TaskInfo | None = None
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            seconds = min(remaining, MAX_WAIT_SECONDS)
+            try:
+                reply = self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
+            except UnavailableError:
+                failures += 1
+                if failures >= WAIT_RECONNECTS:
+                    raise
+                time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            except DeadlineExceededError:
+                if last is None:
+                    raise
+                break
+            if reply is None:
+                return None
+            last, failures = _convert.task_info(reply.task), 0
+            if last.terminal:
+                return last
+        raise TaskTimeoutError(task_id, budget, last)
+
+    def close(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+class AsyncSessionCalls:
+    """The asyncio client's submits and waits: over its session, or over the unary RPCs when the
+    broker has none. `stub` opens the client's channel (lazily, inside the running loop)."""
+
+    def __init__(self, stub: Callable[[], Any], timeout: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._session: AsyncSession | None = None
+        self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+
+    async def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
+        """The call's reply; None when the broker has no sessions (the call was not run)."""
+        if not self.enabled:
+            return None
+        if self._session is None or self._session.error is not None:
+            self._session = AsyncSession(self._stub())
+        try:
+            return await self._session.call(call, timeout)
+        except SessionsUnsupported:
+            self.enabled = False
+            return None
+
+    async def submit(self, spec: ts.TaskSpec, timeout: float | None) -> str:
+        """Submits one task and returns its id. Never resent."""
+        budget = self._timeout if timeout is None else timeout
+        reply = await self._call(submit_call(spec), budget)
+        if reply is not None:
+            task_id: str = reply.submitted.task_id
+            return task_id
+        try:
+            response = await self._stub().EnqueueTask(ts.EnqueueTaskRequest(task=spec), timeout=budget)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        task_id = response.task_id
+        return task_id
+
+    async def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
+        """`AsyncClient.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
+        last: TaskInfo | None = None
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            seconds = min(remaining, MAX_WAIT_SECONDS)
+            try:
+                reply = await self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
+            except UnavailableError:
+                failures += 1
+                if failures >= WAIT_RECONNECTS:
+                    raise
+                await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            except DeadlineExceededError:
+                if last is None:
+                    raise
+                break
+            if reply is None:
+                return None
+            last, failures = _convert.task_info(reply.task), 0
+            if last.terminal:
+                return last
+        raise TaskTimeoutError(task_id, budget, last)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
