@@ -187,11 +187,16 @@ class ClientSession:
         limit = self._owner.limits.max_batch_size
         if len(calls) > limit:
             raise invalid_argument("calls", f"{len(calls)} calls is over the limit of {limit} per message")
+        ids = [call.call_id for call in calls]
+        if len(set(ids)) < len(ids) or not self._in_flight.isdisjoint(ids):  # checked before any call starts
+            seen = set(self._in_flight)
+            for i, call_id in enumerate(ids):
+                if call_id in seen:
+                    raise invalid_argument(f"calls[{i}].call_id", f"call {call_id} is already in flight")
+                seen.add(call_id)
+        self._in_flight.update(ids)
         now = _now_ms()
-        for i, call in enumerate(calls):
-            if call.call_id in self._in_flight:
-                raise invalid_argument(f"calls[{i}].call_id", f"call {call.call_id} is already in flight")
-            self._in_flight.add(call.call_id)
+        for call in calls:
             kind = call.WhichOneof("kind")
             self._metrics.session_calls.labels(kind or "none").inc()
             try:
