@@ -129,15 +129,18 @@ class AsyncSession:
 
     async def _write(self) -> None:
         try:
-            while self.error is None:
+            # A write racing the broker's refusal would turn UNIMPLEMENTED into INTERNAL: wait for
+            # the broker to accept the session (its headers) or end it before the first write.
+            await self._call.initial_metadata()
+            while self.error is None and not self._call.done():
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending and self.error is None:
                     calls = self._pending[:MAX_CALLS_PER_MESSAGE]
                     del self._pending[:MAX_CALLS_PER_MESSAGE]
                     await self._call.write(ts.SessionRequest(calls=calls))
-        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-            self._fail(exc)
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return  # the call is over: the reader fails the calls with its status (UNIMPLEMENTED...)
 
     async def _read(self) -> None:
         failure: BaseException | None = None
@@ -182,7 +185,9 @@ class SyncSession:
         self._waiting: dict[int, concurrent.futures.Future[ts.SessionReply]] = {}
         self._ids = itertools.count(1)
         self.error: Exception | None = None
+        self._opened = threading.Event()
         self._responses = stub.OpenSession(self._requests())
+        self._opened.set()
         self._reader = threading.Thread(target=self._read, name="conveyor-session", daemon=True)
         self._reader.start()
 
@@ -204,6 +209,8 @@ class SyncSession:
             self._waiting.pop(call_id, None)
 
     def _requests(self) -> Iterator[ts.SessionRequest]:
+        self._opened.wait()
+        self._responses.initial_metadata()  # the session is accepted (see AsyncSession._write)
         while True:
             with self._lock:
                 while not self._pending and self.error is None:

@@ -88,6 +88,8 @@ class Sessions:
                                "SESSIONS_DISABLED")
             if self._draining:
                 raise unavailable("broker is shutting down")
+            # Headers at once: the client writes its first calls only once the session is accepted.
+            await context.send_initial_metadata(())
             session = ClientSession(self)
             self._open.add(session)
             self.metrics.client_sessions.set(len(self._open))

@@ -35,6 +35,12 @@ class FakeStream:
         self.gate.set()
         self.replies: asyncio.Queue[ts.SessionResponse | BaseException] = asyncio.Queue()
 
+    async def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def done(self) -> bool:
+        return False
+
     async def write(self, message: ts.SessionRequest) -> None:
         self.written.append(message)
         await self.gate.wait()
