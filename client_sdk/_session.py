@@ -40,8 +40,9 @@ __all__ = ["AsyncSessionCalls", "SessionsUnsupported", "SyncSessionCalls"]
 STREAM_SLACK = 1.0
 # Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
 WAIT_RECONNECTS = 5
-# Most calls in one message; more wait for the next one.
+# Most calls, and about the most bytes, in one message; more wait for the next one.
 MAX_CALLS_PER_MESSAGE = 1000
+MAX_MESSAGE_BYTES = _convert.MAX_BATCH_BYTES
 # Longest wait the broker accepts in one call; longer waits are asked again.
 MAX_WAIT_SECONDS = 86_400.0
 # The SDK names fields as the unary RPCs do, whichever way a call travelled.
@@ -93,6 +94,19 @@ def _stream_error(exc: BaseException | None) -> Exception:
     return UnavailableError("session ended")
 
 
+def _take(pending: list[ts.SessionCall]) -> list[ts.SessionCall]:
+    """Removes and returns the calls of the next message: at least one, within the limits."""
+    count, size = 1, pending[0].ByteSize()
+    while count < min(len(pending), MAX_CALLS_PER_MESSAGE):
+        size += pending[count].ByteSize() + 8
+        if size > MAX_MESSAGE_BYTES:
+            break
+        count += 1
+    calls = pending[:count]
+    del pending[:count]
+    return calls
+
+
 def _deadline_error(timeout: float) -> DeadlineExceededError:
     return DeadlineExceededError(f"no answer within {timeout:g}s", code="DEADLINE_EXCEEDED")
 
@@ -136,9 +150,7 @@ class AsyncSession:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending and self.error is None:
-                    calls = self._pending[:MAX_CALLS_PER_MESSAGE]
-                    del self._pending[:MAX_CALLS_PER_MESSAGE]
-                    await self._call.write(ts.SessionRequest(calls=calls))
+                    await self._call.write(ts.SessionRequest(calls=_take(self._pending)))
         except (grpc.RpcError, asyncio.InvalidStateError):
             return  # the call is over: the reader fails the calls with its status (UNIMPLEMENTED...)
 
@@ -217,8 +229,7 @@ class SyncSession:
                     self._lock.wait()
                 if self.error is not None:
                     return
-                calls = self._pending[:MAX_CALLS_PER_MESSAGE]
-                del self._pending[:MAX_CALLS_PER_MESSAGE]
+                calls = _take(self._pending)
             yield ts.SessionRequest(calls=calls)
 
     def _read(self) -> None:

@@ -34,6 +34,7 @@ Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 # Calls one session may have in flight before the broker stops reading its stream (the
 # client's writes then wait: backpressure instead of memory). One more message can be read.
 MAX_IN_FLIGHT = 10_000
+MAX_CALLS_PER_MESSAGE = 10_000
 MAX_WAIT_MS = 86_400_000
 # Events naming tasks that reached a terminal state (see lua/KEYS.md): the only ones worth a read.
 _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -186,9 +187,9 @@ class ClientSession:
         calls = message.calls
         if not calls:
             raise invalid_argument("calls", "at least one call is required")
-        limit = self._owner.limits.max_batch_size
-        if len(calls) > limit:
-            raise invalid_argument("calls", f"{len(calls)} calls is over the limit of {limit} per message")
+        if len(calls) > MAX_CALLS_PER_MESSAGE:
+            raise invalid_argument("calls", f"{len(calls)} calls is over the limit of {MAX_CALLS_PER_MESSAGE} "
+                                   "per message")
         ids = [call.call_id for call in calls]
         if len(set(ids)) < len(ids) or not self._in_flight.isdisjoint(ids):  # checked before any call starts
             seen = set(self._in_flight)
@@ -234,7 +235,9 @@ class ClientSession:
                 by_queue: dict[str, list[_Submit]] = defaultdict(list)
                 for item in batch:
                     by_queue[item.task.queue].append(item)
-                await asyncio.gather(*(self._write_queue(queue, items) for queue, items in by_queue.items()))
+                size = self._owner.limits.max_batch_size  # the longest script the operator allows
+                await asyncio.gather(*(self._write_queue(queue, items[i:i + size])
+                                       for queue, items in by_queue.items() for i in range(0, len(items), size)))
         finally:
             self._writer = None
             self._ready.set()

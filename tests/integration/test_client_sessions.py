@@ -246,3 +246,20 @@ def test_a_sync_client_shared_by_threads_coalesces_their_calls(fast_broker: Brok
             ids = [i for chunk in pool.map(submit_some, range(8)) for i in chunk]
     assert len(set(ids)) == 200
     assert fast_broker.metric("conveyor_client_session_calls_total", kind="submit") - before == 201
+
+
+def test_coalesced_submits_are_written_in_batches_of_the_brokers_max_batch_size(
+    make_broker: MakeBroker, queue_name: str
+) -> None:
+    broker = make_broker(max_batch_size=5)
+
+    async def submit_all() -> list[str]:
+        async with AsyncClient(broker.address) as client:
+            handles = await asyncio.gather(*(client.enqueue(add.with_options(queue=queue_name), i, i)
+                                             for i in range(23)))
+            return [h.id for h in handles]
+
+    ids = run_async(submit_all())
+    assert len(set(ids)) == 23
+    assert broker.metric("conveyor_tasks_enqueued_total", queue=queue_name) == 23
+    assert broker.metric("conveyor_client_session_enqueue_writes_total") >= 5

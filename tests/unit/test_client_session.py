@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from client_sdk._errors import DeadlineExceededError, InvalidArgumentError, NotFoundError, UnavailableError
-from client_sdk._session import AsyncSession, SessionsUnsupported, outcome, submit_call
+from client_sdk._session import AsyncSession, SessionsUnsupported, _take, outcome, submit_call
 
 
 class StreamError(grpc.RpcError):
@@ -156,3 +156,13 @@ def test_a_call_error_maps_its_code_to_the_sdk_error() -> None:
     with pytest.raises(NotFoundError) as caught:
         outcome(_error_reply(code_pb2.NOT_FOUND))
     assert caught.value.code == "NOT_FOUND"
+
+
+def test_a_message_takes_calls_up_to_the_byte_limit_but_always_one() -> None:
+    big = 20 << 20
+    pending = [submit_call(ts.TaskSpec(queue="q", name="n", payload=b"x" * big)) for _ in range(3)]
+    pending.append(submit_call(ts.TaskSpec(queue="q", name="n", payload=b"x" * (60 << 20))))
+    sizes = []
+    while pending:
+        sizes.append(len(_take(pending)))
+    assert sizes == [2, 1, 1]
