@@ -10,7 +10,6 @@ it reaches a terminal state (or its wait's deadline passes), and end with the st
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,6 @@ from broker_service.events import RESYNC, EventHub
 from broker_service.metrics import Metrics
 from broker_service.store.store import Store
 
-log = logging.getLogger(__name__)
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
 # Calls one session may have in flight before the broker stops reading its stream (the
@@ -133,6 +131,7 @@ class ClientSession:
         self._poller: asyncio.Task[None] | None = None
         self._half_closed = False
         self._draining = False
+        self._closed = False  # the stream is over: a store write still in flight starts no wait
         self._error: BaseException | None = None
 
     def drain(self) -> None:
@@ -160,6 +159,7 @@ class ClientSession:
                 self._ready.clear()
                 await self._ready.wait()
         finally:
+            self._closed = True
             reading.cancel()
             for task in (self._reader, self._poller):
                 if task is not None:
@@ -268,6 +268,8 @@ class ClientSession:
     # --- waits: one listener per queue, a read when a task ends or a deadline passes ---------
 
     def _wait(self, call_id: int, queue: str, ulid: str, seconds: float) -> None:
+        if self._closed:
+            return
         waits = self._waits.get(queue)
         if waits is None:
             waits = self._waits[queue] = _Waits()
