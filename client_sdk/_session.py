@@ -107,6 +107,11 @@ def _take(pending: list[ts.SessionCall]) -> list[ts.SessionCall]:
     return calls
 
 
+def _final(reply: ts.SessionReply, two_replies: set[int]) -> bool:
+    """False for the `submitted` reply of a submit_and_wait call: its caller waits for the task."""
+    return reply.call_id not in two_replies or reply.WhichOneof("outcome") != "submitted"
+
+
 def _deadline_error(timeout: float) -> DeadlineExceededError:
     return DeadlineExceededError(f"no answer within {timeout:g}s", code="DEADLINE_EXCEEDED")
 
@@ -118,6 +123,7 @@ class AsyncSession:
         self._call = stub.OpenSession()
         self._pending: list[ts.SessionCall] = []
         self._waiting: dict[int, asyncio.Future[ts.SessionReply]] = {}
+        self._two_replies: set[int] = set()  # submit_and_wait calls: answered `submitted`, then `task`
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self.error: Exception | None = None
@@ -131,6 +137,8 @@ class AsyncSession:
         call.call_id = call_id = next(self._ids)
         future: asyncio.Future[ts.SessionReply] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
+        if call.WhichOneof("kind") == "submit_and_wait":
+            self._two_replies.add(call_id)
         self._pending.append(call)
         self._wake.set()
         try:
@@ -140,6 +148,7 @@ class AsyncSession:
             raise _deadline_error(timeout) from None
         finally:
             self._waiting.pop(call_id, None)
+            self._two_replies.discard(call_id)
 
     async def _write(self) -> None:
         try:
@@ -160,7 +169,7 @@ class AsyncSession:
             while (response := await self._call.read()) is not grpc.aio.EOF:
                 for reply in response.replies:
                     future = self._waiting.get(reply.call_id)
-                    if future is not None and not future.done():
+                    if future is not None and not future.done() and _final(reply, self._two_replies):
                         future.set_result(reply)
         except grpc.RpcError as exc:
             failure = exc
@@ -195,6 +204,7 @@ class SyncSession:
         self._lock = threading.Condition()
         self._pending: list[ts.SessionCall] = []
         self._waiting: dict[int, concurrent.futures.Future[ts.SessionReply]] = {}
+        self._two_replies: set[int] = set()  # submit_and_wait calls: answered `submitted`, then `task`
         self._ids = itertools.count(1)
         self.error: Exception | None = None
         self._opened = threading.Event()
@@ -211,6 +221,8 @@ class SyncSession:
                 raise self.error
             call.call_id = call_id = next(self._ids)
             self._waiting[call_id] = future
+            if call.WhichOneof("kind") == "submit_and_wait":
+                self._two_replies.add(call_id)
             self._pending.append(call)
             self._lock.notify()
         try:
@@ -219,6 +231,7 @@ class SyncSession:
             raise _deadline_error(timeout) from None
         finally:
             self._waiting.pop(call_id, None)
+            self._two_replies.discard(call_id)
 
     def _requests(self) -> Iterator[ts.SessionRequest]:
         self._opened.wait()
@@ -238,7 +251,7 @@ class SyncSession:
             for response in self._responses:
                 for reply in response.replies:
                     future = self._waiting.get(reply.call_id)
-                    if future is not None:
+                    if future is not None and _final(reply, self._two_replies):
                         with contextlib.suppress(concurrent.futures.InvalidStateError):
                             future.set_result(reply)
         except grpc.RpcError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conveyor.v1 import task_pb2
 from conveyor.v1 import task_service_pb2 as ts
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -166,3 +167,22 @@ def test_a_message_takes_calls_up_to_the_byte_limit_but_always_one() -> None:
     while pending:
         sizes.append(len(_take(pending)))
     assert sizes == [2, 1, 1]
+
+
+def test_a_submit_and_wait_call_resolves_with_its_task_not_its_submitted_reply() -> None:
+    async def scenario() -> ts.SessionReply:
+        stub = FakeStub()
+        session = AsyncSession(stub)
+        call = ts.SessionCall(submit_and_wait=ts.SessionSubmitAndWait(task=_spec()))
+        pending = asyncio.create_task(session.call(call, 5))
+        await _settle()
+        stub.stream.answer(stub.stream.written[0])  # `submitted` first
+        await _settle()
+        assert not pending.done()
+        stub.stream.replies.put_nowait(ts.SessionResponse(replies=[
+            ts.SessionReply(call_id=1, task=task_pb2.Task(id="t1@q", state=task_pb2.TASK_STATE_SUCCEEDED))]))
+        reply = await pending
+        await session.close()
+        return reply
+
+    assert asyncio.run(scenario()).task.id == "t1@q"
