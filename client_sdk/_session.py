@@ -285,6 +285,7 @@ class SyncSessionCalls:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._session: SyncSession | None = None
+        self._closed = False
         self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
 
     def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
@@ -292,6 +293,8 @@ class SyncSessionCalls:
         if not self.enabled:
             return None
         with self._lock:
+            if self._closed:
+                raise UnavailableError("client closed")
             if self._session is None or self._session.error is not None:
                 self._session = SyncSession(self._stub)
             session = self._session
@@ -325,7 +328,7 @@ class SyncSessionCalls:
                 reply = self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
             except UnavailableError:
                 failures += 1
-                if failures >= WAIT_RECONNECTS:
+                if failures >= WAIT_RECONNECTS or self._closed:
                     raise
                 time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
                 continue
@@ -342,6 +345,7 @@ class SyncSessionCalls:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -355,12 +359,15 @@ class AsyncSessionCalls:
         self._stub = stub
         self._timeout = timeout
         self._session: AsyncSession | None = None
+        self._closed = False
         self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
 
     async def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
         """The call's reply; None when the broker has no sessions (the call was not run)."""
         if not self.enabled:
             return None
+        if self._closed:
+            raise UnavailableError("client closed")
         if self._session is None or self._session.error is not None:
             self._session = AsyncSession(self._stub())
         try:
@@ -393,7 +400,7 @@ class AsyncSessionCalls:
                 reply = await self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
             except UnavailableError:
                 failures += 1
-                if failures >= WAIT_RECONNECTS:
+                if failures >= WAIT_RECONNECTS or self._closed:
                     raise
                 await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
                 continue
@@ -409,6 +416,7 @@ class AsyncSessionCalls:
         raise TaskTimeoutError(task_id, budget, last)
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

@@ -263,3 +263,32 @@ def test_coalesced_submits_are_written_in_batches_of_the_brokers_max_batch_size(
     assert len(set(ids)) == 23
     assert broker.metric("conveyor_tasks_enqueued_total", queue=queue_name) == 23
     assert broker.metric("conveyor_client_session_enqueue_writes_total") >= 5
+
+
+def test_closing_a_client_ends_its_waits_at_once(fast_broker: BrokerProcess, queue_name: str) -> None:
+    def waits() -> float:
+        return fast_broker.metric("conveyor_client_session_calls_total", kind="wait")
+
+    client = Client(fast_broker.address)
+    handle = client.submit(queue_name, "worker_sdk.examples.add", b"{}")
+    before = waits()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.wait, handle.id, 30)
+        eventually(lambda: waits() > before)
+        started = time.monotonic()
+        client.close()
+        with pytest.raises(UnavailableError):
+            waiting.result(timeout=10)
+        assert time.monotonic() - started < 5
+
+    async def close_async() -> float:
+        seen = await asyncio.to_thread(waits)
+        async with AsyncClient(fast_broker.address) as aclient:
+            wait = asyncio.create_task(aclient.wait(handle.id, 30))
+            await asyncio.to_thread(eventually, lambda: waits() > seen)
+            began = time.monotonic()
+        with pytest.raises(UnavailableError):
+            await wait
+        return time.monotonic() - began
+
+    assert run_async(close_async()) < 5
