@@ -25,6 +25,7 @@ from client_sdk import AsyncClient, Client, TaskState, TaskTimeoutError
 from client_sdk._errors import InvalidArgumentError, NotFoundError, UnavailableError
 from tests.helpers import BrokerProcess, eventually, run_async
 from tests.integration.conftest import MakeBroker, StartWorker
+from tests.redis_process import RedisProcess
 from worker_sdk.examples import add
 
 ts = task_service_pb2
@@ -292,3 +293,37 @@ def test_closing_a_client_ends_its_waits_at_once(fast_broker: BrokerProcess, que
         return time.monotonic() - began
 
     assert run_async(close_async()) < 5
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.close()
+
+
+def test_a_store_outage_fails_each_call_with_unavailable_and_the_session_carries_on(
+    own_redis: RedisProcess, make_broker: MakeBroker, queue_name: str
+) -> None:
+    broker = make_broker(redis_url=own_redis.url)
+    with Client(broker.address, timeout=10) as client:
+        before = client.submit(queue_name, "worker_sdk.examples.add", b"{}")
+        own_redis.stop()
+        started = time.monotonic()
+        with pytest.raises(UnavailableError):
+            client.submit(queue_name, "worker_sdk.examples.add", b"{}")
+        assert time.monotonic() - started < 6
+        assert broker.metric("conveyor_client_sessions_open") == 1  # the call failed alone: no session leaked
+
+        own_redis.start()
+
+        def submitted() -> str | None:
+            try:
+                return client.submit(queue_name, "worker_sdk.examples.add", b"{}").id
+            except UnavailableError:
+                return None
+
+        after = eventually(submitted, timeout=15, interval=0.2)
+        assert after is not None and after != before.id
+        assert broker.metric("conveyor_client_sessions_open") == 1
