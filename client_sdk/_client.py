@@ -363,3 +363,4 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.target}>"
+

@@ -359,15 +359,13 @@ class AsyncSessionCalls:
         self._stub = stub
         self._timeout = timeout
         self._session: AsyncSession | None = None
-        self._closed = False
+        self._closes = 0  # a wait in flight when the client closes gives up (the client may open again)
         self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
 
     async def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
         """The call's reply; None when the broker has no sessions (the call was not run)."""
         if not self.enabled:
             return None
-        if self._closed:
-            raise UnavailableError("client closed")
         if self._session is None or self._session.error is not None:
             self._session = AsyncSession(self._stub())
         try:
@@ -394,13 +392,14 @@ class AsyncSessionCalls:
         """`AsyncClient.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
         last: TaskInfo | None = None
         failures = 0
+        closes = self._closes
         while (remaining := deadline - time.monotonic()) > 0:
             seconds = min(remaining, MAX_WAIT_SECONDS)
             try:
                 reply = await self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
             except UnavailableError:
                 failures += 1
-                if failures >= WAIT_RECONNECTS or self._closed:
+                if failures >= WAIT_RECONNECTS or self._closes != closes:
                     raise
                 await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
                 continue
@@ -416,7 +415,7 @@ class AsyncSessionCalls:
         raise TaskTimeoutError(task_id, budget, last)
 
     async def close(self) -> None:
-        self._closed = True
+        self._closes += 1
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

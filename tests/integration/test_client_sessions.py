@@ -327,3 +327,16 @@ def test_a_store_outage_fails_each_call_with_unavailable_and_the_session_carries
         after = eventually(submitted, timeout=15, interval=0.2)
         assert after is not None and after != before.id
         assert broker.metric("conveyor_client_sessions_open") == 1
+
+
+def test_an_async_client_opens_again_after_close(fast_broker: BrokerProcess, queue_name: str) -> None:
+    async def twice() -> list[str]:
+        client = AsyncClient(fast_broker.address)
+        first = await client.submit(queue_name, "worker_sdk.examples.add", b"{}")
+        await client.close()
+        second = await client.submit(queue_name, "worker_sdk.examples.add", b"{}")
+        await client.close()
+        return [first.id, second.id]
+
+    first, second = run_async(twice())
+    assert first != second
