@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 _ENV_PREFIX = "CONVEYOR_"
@@ -44,6 +44,7 @@ class Settings:
     workflow_reconcile_seconds: float = 5.0
     workflow_pending_grace_seconds: float = 30.0
     workflow_fast_path: int = 1
+    client_sessions: bool = True  # serve TaskService.OpenSession (off: clients use the unary RPCs)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -81,6 +82,8 @@ _HELP = {
     "workflow_reconcile_seconds": "how often the reconciler finishes workflow steps a crash interrupted",
     "workflow_pending_grace_seconds": "age after which the reconciler checks a pending workflow node",
     "workflow_fast_path": "1 advances a workflow as soon as a node ends; 0 leaves it to the reconciler",
+    "client_sessions": "serve client sessions (OpenSession: SDK submits and waits batched on one stream); "
+                       "--no-client-sessions or 0 turns them off",
 }
 
 
@@ -89,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         env = _ENV_PREFIX + f.name.upper()
+        if isinstance(f.default, bool):  # --flag / --no-flag
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{_HELP[f.name]} [env {env}, default {f.default!r}]")
+            continue
         parser.add_argument(flag, dest=f.name, type=type(f.default), default=None,
                             help=f"{_HELP[f.name]} [env {env}, default {f.default!r}]")
 
@@ -101,7 +108,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         given = getattr(args, f.name, None) if args is not None else None
         if given is None and (_ENV_PREFIX + f.name.upper()) in environ:
             raw = environ[_ENV_PREFIX + f.name.upper()]
-            kind: type = type(f.default)
+            kind: Callable[[str], object] = _parse_bool if isinstance(f.default, bool) else type(f.default)
             try:
                 given = kind(raw)
             except ValueError as exc:
@@ -116,3 +123,13 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="conveyor serve", description="Run the Conveyor broker.")
     add_arguments(parser)
     return load(parser.parse_args(argv))
+
+
+def _parse_bool(raw: str) -> bool:
+    """A boolean variable: 1/true/yes/on or 0/false/no/off, any case."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/true/yes/on or 0/false/no/off")

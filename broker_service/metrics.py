@@ -75,3 +75,13 @@ class Metrics:
         self.workflow_repairs = Counter("conveyor_workflow_repairs",
                                         "Workflow steps the reconciler finished that the fast path had not, by "
                                         "kind (outbox, release, cancel, aborted).", ["kind"], registry=r)
+        # Client sessions (TaskService.OpenSession): how many are open and how well calls coalesce.
+        self.client_sessions = Gauge("conveyor_client_sessions_open",
+                                     "Client sessions (OpenSession streams) open on this broker.", registry=r)
+        self.session_messages = Counter("conveyor_client_session_messages",
+                                        "Messages (batches of calls) received on client sessions.", registry=r)
+        self.session_calls = Counter("conveyor_client_session_calls", "Calls received on client sessions, by kind.",
+                                     ["kind"], registry=r)
+        self.session_enqueue_writes = Counter("conveyor_client_session_enqueue_writes",
+                                              "Store writes of session submits (one per queue per coalesced batch).",
+                                              registry=r)

@@ -77,6 +77,7 @@ class Broker:
         self._loops: list[PeriodicLoop] = []
         self._hub: EventHub | None = None
         self._dispatcher: Dispatcher | None = None
+        self._tasks: TaskService | None = None
         self._metrics_server: object | None = None
         self._workflows: Workflows | None = None
 
@@ -124,8 +125,9 @@ class Broker:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.http2.max_pings_without_data", 0),
         ])
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskService(store, self._hub, self.metrics, limits, wait_poll_seconds=s.wait_poll_seconds), self._server)
+        self._tasks = TaskService(store, self._hub, self.metrics, limits, wait_poll_seconds=s.wait_poll_seconds,
+                                  client_sessions=s.client_sessions)
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(self._tasks, self._server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(store, self.metrics, self._dispatcher, session), self._server)
         self._workflows = Workflows(store, self.metrics, fast_path=bool(s.workflow_fast_path),
@@ -176,8 +178,12 @@ class Broker:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         started = time.monotonic()
         await self._health.enter_graceful_shutdown()
+        # Client sessions end (UNAVAILABLE, so their clients reconnect) once their submits are answered.
+        sessions_drained = asyncio.create_task(self._tasks.sessions.drain(grace)) if self._tasks else None
         if self._dispatcher is not None:
             await self._dispatcher.drain(grace)
+        if sessions_drained is not None:
+            await sessions_drained
         # One budget for the whole stop: in-flight RPCs ran during the drain and get what is left.
         # The metrics endpoint needs up to its poll interval (0.5 s) to stop: it stops meanwhile.
         metrics_stopped = asyncio.create_task(asyncio.to_thread(self._stop_metrics))

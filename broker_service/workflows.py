@@ -252,7 +252,7 @@ class Workflows:
     async def reconcile(self, queues: Sequence[str] | None = None) -> int:
         """One pass over every queue (or `queues`): outbox entries the fast path left behind, and
         nodes pending for longer than the grace. Returns how many repairs it made."""
-        now = await self._store.time_ms()
+        now = await self._store.now_ms()
         repairs = 0
         workflows: dict[str, WorkflowRecord | None] = {}
         for queue in queues if queues is not None else await self._store.queues():

@@ -27,6 +27,7 @@ from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, Unavaila
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
+from client_sdk._session import AsyncSessionCalls
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["AsyncClient", "AsyncTaskHandle"]
@@ -125,6 +126,8 @@ class AsyncClient:
         self._channel: Any = None
         self._stub_instance: Any = None
         self._admin_stub: Any = None
+        # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
+        self._sessions = AsyncSessionCalls(lambda: self._stub, timeout)
 
     @property
     def _stub(self) -> Any:
@@ -149,22 +152,21 @@ class AsyncClient:
             raise from_rpc_error(exc) from exc
 
     async def _submit(self, spec: _TaskSpec, timeout: float | None) -> AsyncTaskHandle:
-        """EnqueueTask; with an idempotency key, UNAVAILABLE is retried (see `Client`)."""
-        request = task_service_pb2.EnqueueTaskRequest(task=spec)
+        """One submit, on the session (or EnqueueTask); with an idempotency key, UNAVAILABLE is
+        retried (see `Client`)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response: task_service_pb2.EnqueueTaskResponse = await self._call(
-                    "EnqueueTask", request, max(0.001, deadline - time.monotonic()))
+                task_id, duplicate = await self._sessions.submit(spec, max(0.001, deadline - time.monotonic()))
             except UnavailableError:
                 left = deadline - time.monotonic()
                 if not spec.idempotency_key or attempt >= SUBMIT_ATTEMPTS or left <= 0:
                     raise
                 await asyncio.sleep(_convert.reconnect_delay(attempt, left))
                 continue
-            return AsyncTaskHandle(response.task_id, self, response.duplicate)
+            return AsyncTaskHandle(task_id, self, duplicate)
 
     def handle(self, task_id: str) -> AsyncTaskHandle:
         """A handle of an existing task, by id (no call is made)."""
@@ -275,6 +277,9 @@ class AsyncClient:
         if budget <= 0:
             return _convert.terminal_or_timeout(await self.get(task_id), budget)
         deadline = time.monotonic() + budget
+        waited = await self._sessions.wait(task_id, budget, deadline) if self._sessions.enabled else None
+        if waited is not None:
+            return waited
         last: TaskInfo | None = None
         failures = 0
         while (remaining := deadline - time.monotonic()) > 0:
@@ -545,6 +550,7 @@ class AsyncClient:
         Args:
             grace: Seconds calls in flight get to finish; None cancels them at once.
         """
+        await self._sessions.close()
         if self._channel is not None:
             await self._channel.close(grace)
             self._channel = self._stub_instance = self._admin_stub = None

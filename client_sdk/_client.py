@@ -30,6 +30,7 @@ from client_sdk._errors import (
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
+from client_sdk._session import SyncSessionCalls
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, _SubmitOverrides
 
 __all__ = ["Client", "TaskHandle"]
@@ -141,6 +142,8 @@ class Client:
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+        # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
+        self._sessions = SyncSessionCalls(self._stub, timeout)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -149,23 +152,22 @@ class Client:
             raise from_rpc_error(exc) from exc
 
     def _submit(self, spec: _TaskSpec, timeout: float | None) -> TaskHandle:
-        """EnqueueTask. A task with an idempotency key is submitted again when the broker answers
-        UNAVAILABLE (another replica may answer): the key makes the retry safe."""
-        request = task_service_pb2.EnqueueTaskRequest(task=spec)
+        """One submit, on the session (or EnqueueTask when the broker has no sessions). A task with
+        an idempotency key is submitted again when the broker answers UNAVAILABLE (another replica
+        may answer): the key makes the retry safe. Without a key a submit is never resent."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response: task_service_pb2.EnqueueTaskResponse = self._call(
-                    self._stub.EnqueueTask, request, max(0.001, deadline - time.monotonic()))
+                task_id, duplicate = self._sessions.submit(spec, max(0.001, deadline - time.monotonic()))
             except UnavailableError:
                 left = deadline - time.monotonic()
                 if not spec.idempotency_key or attempt >= SUBMIT_ATTEMPTS or left <= 0:
                     raise
                 time.sleep(_convert.reconnect_delay(attempt, left))
                 continue
-            return TaskHandle(response.task_id, self, response.duplicate)
+            return TaskHandle(task_id, self, duplicate)
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle of an existing task, by id (no call is made)."""
@@ -292,6 +294,9 @@ class Client:
         if budget <= 0:
             return _convert.terminal_or_timeout(self.get(task_id), budget)
         deadline = time.monotonic() + budget
+        waited = self._sessions.wait(task_id, budget, deadline) if self._sessions.enabled else None
+        if waited is not None:
+            return waited
         last: TaskInfo | None = None
         failures = 0
         while (remaining := deadline - time.monotonic()) > 0:
@@ -635,6 +640,7 @@ class Client:
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
+        self._sessions.close()
         self._channel.close()
 
     def __enter__(self) -> Client:

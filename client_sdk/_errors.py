@@ -211,3 +211,28 @@ def from_rpc_error(error: grpc.RpcError) -> ConveyorError:
                                     violations=violations, code=code_name, reason=reason,
                                     metadata=metadata)
     return cls(message, code=code_name, reason=reason, metadata=metadata)
+
+
+# --- client sessions: a call's own google.rpc.Status, answered on the session stream ---
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> ConveyorError:
+    """Translates the google.rpc.Status of one session call into the matching SDK error.
+
+    Args:
+        status: The status the broker answered for the call.
+
+    Returns:
+        The SDK error to raise, decoded as `from_rpc_error` does.
+    """
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason, metadata = _error_info(status)
+    message = status.message or code.name
+    cls = _BY_CODE.get(code, ConveyorError)
+    if cls is InvalidArgumentError:
+        violations = _violations(status)
+        return InvalidArgumentError(message, field=violations[0][0] if violations else None,
+                                    violations=violations, code=code.name, reason=reason, metadata=metadata)
+    return cls(message, code=code.name, reason=reason, metadata=metadata)

@@ -16,6 +16,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent
@@ -30,10 +31,13 @@ def generate(out_dir: Path) -> list[Path]:
     """Runs protoc on every .proto under conveyor/v1, writing into `out_dir`."""
     protos = sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.glob("*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
+    # google/rpc/status.proto, shipped with googleapis-common-protos (the google.rpc package).
+    googleapis = str(Path(status_pb2.__file__).resolve().parents[2])
     args = [
         "grpc_tools.protoc",
         f"-I{ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",

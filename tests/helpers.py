@@ -268,7 +268,11 @@ class BrokerProcess:
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "broker_service.cli", "serve"]
         for name, value in self.settings.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):  # --flag / --no-flag
+                args.append(flag if value else "--no-" + flag[2:])
+                continue
+            args += [flag, str(value)]
         return args
 
     def log(self) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
+from google.rpc import status_pb2
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 from tests.helpers import REPO_ROOT
@@ -25,7 +26,8 @@ _ENUM_VALUE = 2
 _SERVICE_METHOD = 2
 
 # Bidi streams carry one envelope per direction instead of a Request/Response pair.
-STREAM_ENVELOPES = {"conveyor.v1.WorkerService.Connect": ("WorkerMessage", "BrokerMessage")}
+STREAM_ENVELOPES = {"conveyor.v1.WorkerService.Connect": ("WorkerMessage", "BrokerMessage"),
+                    "conveyor.v1.TaskService.OpenSession": ("SessionRequest", "SessionResponse")}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileD
     """The contract's files as descriptors, comments included (protoc --include_source_info)."""
     out = tmp_path_factory.mktemp("descriptors") / "set.pb"
     well_known = str(resources.files("grpc_tools") / "_proto")
+    googleapis = str(Path(status_pb2.__file__).resolve().parents[2])  # google/rpc/status.proto
     code = protoc.main([
-        "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", "--include_source_info",
+        "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"-I{googleapis}", "--include_source_info",
         f"--descriptor_set_out={out}", *PROTO_FILES,
     ])
     assert code == 0, "protoc failed on the contract"

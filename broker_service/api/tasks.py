@@ -14,6 +14,7 @@ from conveyor.v1 import task_service_pb2_grpc as ts_grpc
 
 from broker_service.api import convert, validate
 from broker_service.api.errors import invalid_argument, server_stream, unary
+from broker_service.api.sessions import Sessions
 from broker_service.domain import NewTask, TaskRecord, TaskState, make_task_id
 from broker_service.events import EventHub
 from broker_service.metrics import Metrics
@@ -28,7 +29,9 @@ class TaskService(ts_grpc.TaskServiceServicer):
     """conveyor.v1.TaskService."""
 
     def __init__(self, store: Store, hub: EventHub, metrics: Metrics, limits: validate.Limits,
-                 *, wait_poll_seconds: float) -> None:
+                 *, wait_poll_seconds: float, client_sessions: bool = True) -> None:
+        self.sessions = Sessions(store, hub, metrics, limits, wait_poll_seconds=wait_poll_seconds,
+                                 enabled=client_sessions)
         self._store = store
         self._hub = hub
         self._metrics = metrics
@@ -146,6 +149,13 @@ class TaskService(ts_grpc.TaskServiceServicer):
             raise invalid_argument("page_token", "malformed or from another listing") from None
         return ts.ListTasksResponse(tasks=[convert.task(t, with_data=False) for t in page.tasks],
                                     next_page_token=page.next_cursor)
+
+    # --- client sessions: batched submits and result waits on one stream (api/sessions.py) ---
+
+    async def OpenSession(self, request_iterator: AsyncIterator[ts.SessionRequest],
+                          context: Context) -> AsyncIterator[ts.SessionResponse]:
+        async for response in self.sessions.serve(request_iterator, context):
+            yield response
 
 
 def _fingerprint(record: TaskRecord) -> tuple[Any, ...]:

@@ -43,7 +43,9 @@ def test_reflection_lists_the_services_and_describes_their_methods_and_messages(
         pool = descriptor_pool.DescriptorPool(database)
         tasks = pool.FindServiceByName("conveyor.v1.TaskService")
         assert {m.name for m in tasks.methods} == {
-            "EnqueueTask", "BatchEnqueueTasks", "GetTask", "WaitTask", "CancelTask", "ListTasks"}
+            "EnqueueTask", "BatchEnqueueTasks", "GetTask", "WaitTask", "CancelTask", "ListTasks", "OpenSession"}
+        reply = pool.FindMessageTypeByName("conveyor.v1.SessionReply")  # google/rpc/status.proto is served too
+        assert reply.fields_by_name["error"].message_type.full_name == "google.rpc.Status"
         wait = tasks.methods_by_name["WaitTask"]
         assert wait.input_type.full_name == "conveyor.v1.WaitTaskRequest"
         assert wait.output_type.full_name == "conveyor.v1.WaitTaskResponse"

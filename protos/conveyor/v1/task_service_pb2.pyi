@@ -3,6 +3,7 @@ import datetime
 from conveyor.v1 import task_pb2 as _task_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -147,3 +148,55 @@ class ListTasksResponse(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
     next_page_token: str
     def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[SessionCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[SessionCall, _Mapping]]] = ...) -> None: ...
+
+class SessionCall(_message.Message):
+    __slots__ = ("call_id", "submit", "wait", "submit_and_wait")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_AND_WAIT_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    submit: TaskSpec
+    wait: SessionWait
+    submit_and_wait: SessionSubmitAndWait
+    def __init__(self, call_id: _Optional[int] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., wait: _Optional[_Union[SessionWait, _Mapping]] = ..., submit_and_wait: _Optional[_Union[SessionSubmitAndWait, _Mapping]] = ...) -> None: ...
+
+class SessionWait(_message.Message):
+    __slots__ = ("task_id", "timeout")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, task_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SessionSubmitAndWait(_message.Message):
+    __slots__ = ("task", "timeout")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    task: TaskSpec
+    timeout: _duration_pb2.Duration
+    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[SessionReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[SessionReply, _Mapping]]] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("call_id", "submitted", "task", "error")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    submitted: EnqueueTaskResponse
+    task: _task_pb2.Task
+    error: _status_pb2.Status
+    def __init__(self, call_id: _Optional[int] = ..., submitted: _Optional[_Union[EnqueueTaskResponse, _Mapping]] = ..., task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class TaskServiceStub:
                 request_serializer=conveyor_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.stream_stream(
+                '/conveyor.v1.TaskService/OpenSession',
+                request_serializer=conveyor_dot_v1_dot_task__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_task__service__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -134,6 +139,19 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSession(self, request_iterator, context):
+        """Opens a client session: one bidi stream carrying batches of submits and
+        result waits, each call answered on its own (see SessionRequest). Ends
+        with INVALID_ARGUMENT for a malformed message (a bad call fails alone,
+        never the stream), UNAVAILABLE when the broker drains (reconnect then),
+        UNIMPLEMENTED when the broker has client sessions turned off (use the
+        unary RPCs). Ends with OK after the client half-closes and every call in
+        flight has been answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +184,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=conveyor_dot_v1_dot_task__service__pb2.ListTasksRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_task__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=conveyor_dot_v1_dot_task__service__pb2.SessionRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_task__service__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -335,6 +358,33 @@ class TaskService:
             '/conveyor.v1.TaskService/ListTasks',
             conveyor_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
             conveyor_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/conveyor.v1.TaskService/OpenSession',
+            conveyor_dot_v1_dot_task__service__pb2.SessionRequest.SerializeToString,
+            conveyor_dot_v1_dot_task__service__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,417 @@
+"""The client session: one OpenSession stream carrying the client's submits and result waits.
+
+Calls made while a message is being written wait in a list and leave together in the next
+message (no timer: a lone call is written at once), and the broker answers each on its own.
+A broken stream fails the calls in flight with UnavailableError (a submit is never resent: it
+may have been stored) and the next call opens a new session. A broker that answers
+UNIMPLEMENTED (older, or sessions turned off) raises SessionsUnsupported: nothing was run, and
+the client falls back to the unary RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from conveyor.v1 import task_service_pb2 as ts
+
+from client_sdk import _convert
+from client_sdk._errors import (
+    ConveyorError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    TaskTimeoutError,
+    UnavailableError,
+    from_rpc_error,
+    from_status,
+)
+from client_sdk._models import TaskInfo
+
+__all__ = ["AsyncSessionCalls", "SessionsUnsupported", "SyncSessionCalls"]
+
+# Extra time a wait's deadline gives the broker to answer it itself (as _client.STREAM_SLACK for WaitTask).
+STREAM_SLACK = 1.0
+# Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
+WAIT_RECONNECTS = 5
+# Most calls, and about the most bytes, in one message; more wait for the next one.
+MAX_CALLS_PER_MESSAGE = 1000
+MAX_MESSAGE_BYTES = _convert.MAX_BATCH_BYTES
+# Longest wait the broker accepts in one call; longer waits are asked again.
+MAX_WAIT_SECONDS = 86_400.0
+# The SDK names fields as the unary RPCs do, whichever way a call travelled.
+_FIELD_PREFIXES = (("submit.", "task."), ("submit_and_wait.task.", "task."), ("wait.task_id", "task_id"))
+
+
+class SessionsUnsupported(Exception):
+    """The broker does not serve client sessions; the call was not run."""
+
+
+def submit_call(spec: ts.TaskSpec) -> ts.SessionCall:
+    return ts.SessionCall(submit=spec)
+
+
+def wait_call(task_id: str, seconds: float) -> ts.SessionCall:
+    return ts.SessionCall(wait=ts.SessionWait(task_id=task_id, timeout=_convert.duration(max(0.0, seconds))))
+
+
+def outcome(reply: ts.SessionReply) -> ts.SessionReply:
+    """The reply, or the SDK error it carries."""
+    if reply.WhichOneof("outcome") == "error":
+        raise _unary_names(from_status(reply.error))
+    return reply
+
+
+def _unary_names(error: ConveyorError) -> ConveyorError:
+    if not isinstance(error, InvalidArgumentError) or error.field is None:
+        return error
+    for prefix, unary in _FIELD_PREFIXES:
+        if error.field.startswith(prefix):
+            field = unary + error.field[len(prefix):]
+            violations = tuple((unary + f[len(prefix):] if f.startswith(prefix) else f, d)
+                               for f, d in error.violations)
+            message = error.message.replace(error.field, field, 1)
+            return InvalidArgumentError(message, field=field, violations=violations, code=error.code,
+                                        reason=error.reason, metadata=error.metadata)
+    return error
+
+
+def _stream_error(exc: BaseException | None) -> Exception:
+    """What the calls in flight raise when the stream ends."""
+    if isinstance(exc, grpc.RpcError):
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return SessionsUnsupported()
+        error = from_rpc_error(exc)
+        if isinstance(error, UnavailableError):
+            return error
+        return UnavailableError(f"session ended: {error.message}", code=error.code, reason=error.reason)
+    return UnavailableError("session ended")
+
+
+def _take(pending: list[ts.SessionCall]) -> list[ts.SessionCall]:
+    """Removes and returns the calls of the next message: at least one, within the limits."""
+    count, size = 1, pending[0].ByteSize()
+    while count < min(len(pending), MAX_CALLS_PER_MESSAGE):
+        size += pending[count].ByteSize() + 8
+        if size > MAX_MESSAGE_BYTES:
+            break
+        count += 1
+    calls = pending[:count]
+    del pending[:count]
+    return calls
+
+
+def _final(reply: ts.SessionReply, two_replies: set[int]) -> bool:
+    """False for the `submitted` reply of a submit_and_wait call: its caller waits for the task."""
+    return reply.call_id not in two_replies or reply.WhichOneof("outcome") != "submitted"
+
+
+def _deadline_error(timeout: float) -> DeadlineExceededError:
+    return DeadlineExceededError(f"no answer within {timeout:g}s", code="DEADLINE_EXCEEDED")
+
+
+class AsyncSession:
+    """A session on a grpc.aio channel; use it from the event loop that opened it."""
+
+    def __init__(self, stub: Any) -> None:
+        self._call = stub.OpenSession()
+        self._pending: list[ts.SessionCall] = []
+        self._waiting: dict[int, asyncio.Future[ts.SessionReply]] = {}
+        self._two_replies: set[int] = set()  # submit_and_wait calls: answered `submitted`, then `task`
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self.error: Exception | None = None
+        self._writer = asyncio.create_task(self._write(), name="conveyor-session-write")
+        self._reader = asyncio.create_task(self._read(), name="conveyor-session-read")
+
+    async def call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply:
+        """Sends one call and returns its reply (raising the SDK error it carries)."""
+        if self.error is not None:
+            raise self.error
+        call.call_id = call_id = next(self._ids)
+        future: asyncio.Future[ts.SessionReply] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        if call.WhichOneof("kind") == "submit_and_wait":
+            self._two_replies.add(call_id)
+        self._pending.append(call)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return outcome(await future)
+        except TimeoutError:
+            raise _deadline_error(timeout) from None
+        finally:
+            self._waiting.pop(call_id, None)
+            self._two_replies.discard(call_id)
+
+    async def _write(self) -> None:
+        try:
+            # A write racing the broker's refusal would turn UNIMPLEMENTED into INTERNAL: wait for
+            # the broker to accept the session (its headers) or end it before the first write.
+            await self._call.initial_metadata()
+            while self.error is None and not self._call.done():
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending and self.error is None:
+                    await self._call.write(ts.SessionRequest(calls=_take(self._pending)))
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return  # the call is over: the reader fails the calls with its status (UNIMPLEMENTED...)
+
+    async def _read(self) -> None:
+        failure: BaseException | None = None
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                for reply in response.replies:
+                    future = self._waiting.get(reply.call_id)
+                    if future is not None and not future.done() and _final(reply, self._two_replies):
+                        future.set_result(reply)
+        except grpc.RpcError as exc:
+            failure = exc
+        self._fail(failure)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self.error is None:
+            self.error = _stream_error(exc)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(self.error)
+        self._pending.clear()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Cancels the stream; calls in flight raise UnavailableError."""
+        self._call.cancel()
+        self._fail(UnavailableError("client closed"))
+        for task in (self._writer, self._reader):
+            task.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+
+class SyncSession:
+    """A session on a sync channel, safe to share between threads.
+
+    grpc's own thread pulls messages from `_requests` as the previous one is written; a reader
+    thread of ours hands each reply to the thread waiting for it.
+    """
+
+    def __init__(self, stub: Any) -> None:
+        self._lock = threading.Condition()
+        self._pending: list[ts.SessionCall] = []
+        self._waiting: dict[int, concurrent.futures.Future[ts.SessionReply]] = {}
+        self._two_replies: set[int] = set()  # submit_and_wait calls: answered `submitted`, then `task`
+        self._ids = itertools.count(1)
+        self.error: Exception | None = None
+        self._opened = threading.Event()
+        self._responses = stub.OpenSession(self._requests())
+        self._opened.set()
+        self._reader = threading.Thread(target=self._read, name="conveyor-session", daemon=True)
+        self._reader.start()
+
+    def call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply:
+        """Sends one call and returns its reply (raising the SDK error it carries)."""
+        future: concurrent.futures.Future[ts.SessionReply] = concurrent.futures.Future()
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            call.call_id = call_id = next(self._ids)
+            self._waiting[call_id] = future
+            if call.WhichOneof("kind") == "submit_and_wait":
+                self._two_replies.add(call_id)
+            self._pending.append(call)
+            self._lock.notify()
+        try:
+            return outcome(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise _deadline_error(timeout) from None
+        finally:
+            self._waiting.pop(call_id, None)
+            self._two_replies.discard(call_id)
+
+    def _requests(self) -> Iterator[ts.SessionRequest]:
+        self._opened.wait()
+        self._responses.initial_metadata()  # the session is accepted (see AsyncSession._write)
+        while True:
+            with self._lock:
+                while not self._pending and self.error is None:
+                    self._lock.wait()
+                if self.error is not None:
+                    return
+                calls = _take(self._pending)
+            yield ts.SessionRequest(calls=calls)
+
+    def _read(self) -> None:
+        failure: BaseException | None = None
+        try:
+            for response in self._responses:
+                for reply in response.replies:
+                    future = self._waiting.get(reply.call_id)
+                    if future is not None and _final(reply, self._two_replies):
+                        with contextlib.suppress(concurrent.futures.InvalidStateError):
+                            future.set_result(reply)
+        except grpc.RpcError as exc:
+            failure = exc
+        self._fail(failure)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = _stream_error(exc)
+            waiting = list(self._waiting.values())
+            self._pending.clear()
+            self._lock.notify_all()
+        for future in waiting:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(self.error)
+
+    def close(self) -> None:
+        """Cancels the stream; calls in flight raise UnavailableError."""
+        self._fail(UnavailableError("client closed"))
+        self._responses.cancel()
+        self._reader.join(timeout=5)
+
+
+class SyncSessionCalls:
+    """The sync client's submits and waits: over its session, or over the unary RPCs when the
+    broker has none. Safe to share between threads."""
+
+    def __init__(self, stub: Any, timeout: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._session: SyncSession | None = None
+        self._closed = False
+        self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+
+    def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
+        """The call's reply; None when the broker has no sessions (the call was not run)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            if self._closed:
+                raise UnavailableError("client closed")
+            if self._session is None or self._session.error is not None:
+                self._session = SyncSession(self._stub)
+            session = self._session
+        try:
+            return session.call(call, timeout)
+        except SessionsUnsupported:
+            self.enabled = False
+            return None
+
+    def submit(self, spec: ts.TaskSpec, timeout: float | None) -> tuple[str, bool]:
+        """Submits one task: its id, and whether a key matched an existing task. Never resent."""
+        budget = self._timeout if timeout is None else timeout
+        reply = self._call(submit_call(spec), budget)
+        if reply is not None:
+            return reply.submitted.task_id, reply.submitted.duplicate
+        try:
+            response = self._stub.EnqueueTask(ts.EnqueueTaskRequest(task=spec), timeout=budget)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return response.task_id, response.duplicate
+
+    def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
+        """`Client.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
+        last: TaskInfo | None = None
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            seconds = min(remaining, MAX_WAIT_SECONDS)
+            try:
+                reply = self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
+            except UnavailableError:
+                failures += 1
+                if failures >= WAIT_RECONNECTS or self._closed:
+                    raise
+                time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            except DeadlineExceededError:
+                if last is None:
+                    raise
+                break
+            if reply is None:
+                return None
+            last, failures = _convert.task_info(reply.task), 0
+            if last.terminal:
+                return last
+        raise TaskTimeoutError(task_id, budget, last)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+class AsyncSessionCalls:
+    """The asyncio client's submits and waits: over its session, or over the unary RPCs when the
+    broker has none. `stub` opens the client's channel (lazily, inside the running loop)."""
+
+    def __init__(self, stub: Callable[[], Any], timeout: float) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._session: AsyncSession | None = None
+        self._closes = 0  # a wait in flight when the client closes gives up (the client may open again)
+        self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
+
+    async def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
+        """The call's reply; None when the broker has no sessions (the call was not run)."""
+        if not self.enabled:
+            return None
+        if self._session is None or self._session.error is not None:
+            self._session = AsyncSession(self._stub())
+        try:
+            return await self._session.call(call, timeout)
+        except SessionsUnsupported:
+            self.enabled = False
+            return None
+
+    async def submit(self, spec: ts.TaskSpec, timeout: float | None) -> tuple[str, bool]:
+        """Submits one task: its id, and whether a key matched an existing task. Never resent."""
+        budget = self._timeout if timeout is None else timeout
+        reply = await self._call(submit_call(spec), budget)
+        if reply is not None:
+            return reply.submitted.task_id, reply.submitted.duplicate
+        try:
+            response = await self._stub().EnqueueTask(ts.EnqueueTaskRequest(task=spec), timeout=budget)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return response.task_id, response.duplicate
+
+    async def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
+        """`AsyncClient.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
+        last: TaskInfo | None = None
+        failures = 0
+        closes = self._closes
+        while (remaining := deadline - time.monotonic()) > 0:
+            seconds = min(remaining, MAX_WAIT_SECONDS)
+            try:
+                reply = await self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
+            except UnavailableError:
+                failures += 1
+                if failures >= WAIT_RECONNECTS or self._closes != closes:
+                    raise
+                await asyncio.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
+                continue
+            except DeadlineExceededError:
+                if last is None:
+                    raise
+                break
+            if reply is None:
+                return None
+            last, failures = _convert.task_info(reply.task), 0
+            if last.terminal:
+                return last
+        raise TaskTimeoutError(task_id, budget, last)
+
+    async def close(self) -> None:
+        self._closes += 1
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
