@@ -17,7 +17,7 @@ from conveyor.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from client_sdk import AsyncClient, Client, QueueLimits, TaskState, UnavailableError
 from client_sdk import cli as client_cli
-from tests.helpers import BrokerProcess, WorkerFactory, WorkerProcess, eventually, run_async
+from tests.helpers import BrokerProcess, WorkerFactory, WorkerProcess, eventually, metric_value, run_async
 from tests.integration.conftest import MakeBroker, wait_connected
 from tests.integration.limits_tasks import span
 from tests.redis_process import RedisProcess
@@ -311,10 +311,11 @@ def test_the_sdk_refuses_bad_keys_and_limits_before_sending(fast_client: Client,
 def test_a_submit_with_an_idempotency_key_is_retried_through_an_outage_and_one_without_is_not(
     make_broker: MakeBroker, queue_name: str
 ) -> None:
+    """The unary path (a broker without client sessions): each EnqueueTask call is counted."""
     store = RedisProcess()
     store.start()
     try:
-        broker = make_broker(redis_url=store.url)
+        broker = make_broker(redis_url=store.url, client_sessions=False)
         with Client(broker.address) as client, ThreadPoolExecutor(1) as pool:
             calls: list[float] = []
             real = client._stub.EnqueueTask
@@ -337,5 +338,37 @@ def test_a_submit_with_an_idempotency_key_is_retried_through_an_outage_and_one_w
             assert not handle.duplicate
             assert client.enqueue(add.with_options(queue=queue_name, idempotency_key="k"), 1, 2).id == handle.id
             assert [info.id for info in client.list(queue_name, TaskState.QUEUED)] == [handle.id]
+    finally:
+        store.close()
+
+
+def test_on_a_session_a_keyed_submit_is_retried_through_an_outage_and_one_without_is_not(
+    make_broker: MakeBroker, queue_name: str
+) -> None:
+    """The session path: the broker counts the submit calls it receives."""
+    store = RedisProcess()
+    store.start()
+    try:
+        broker = make_broker(redis_url=store.url)
+
+        def submits() -> float:
+            return metric_value(broker.metrics(), "conveyor_client_session_calls_total", kind="submit")
+
+        with Client(broker.address) as client, ThreadPoolExecutor(1) as pool:
+            client.enqueue(add.with_options(queue=queue_name), 0, 0)  # the session is open
+            assert submits() == 1
+            store.stop()
+            with pytest.raises(UnavailableError):
+                client.enqueue(add.with_options(queue=queue_name), 1, 2)
+            assert submits() == 2  # no key: a retry could submit twice, so none is made
+
+            pending = pool.submit(client.enqueue, add.with_options(queue=queue_name, idempotency_key="k"), 1, 2)
+            eventually(lambda: submits() >= 4, timeout=5)  # refused, then retried
+            store.start()
+            handle = pending.result(timeout=15)
+
+            assert not handle.duplicate
+            assert client.enqueue(add.with_options(queue=queue_name, idempotency_key="k"), 1, 2).duplicate
+            assert len(list(client.list(queue_name, TaskState.QUEUED))) == 2
     finally:
         store.close()
