@@ -305,6 +305,17 @@ class AsyncClient:
             await asyncio.sleep(_convert.reconnect_delay(0, deadline - time.monotonic()))
         raise TaskTimeoutError(task_id, budget, last)
 
+    async def call(self, task: TaskDefinition[Any, Any] | Signature | str, *, timeout: float | None = None) -> Any:
+        """Submits a task and returns its result in one round trip; see `Client.call`."""
+        budget = self.timeout if timeout is None else timeout
+        spec = _convert.signature_spec(_convert.to_signature(task, (), {}))
+        started = time.monotonic()
+        info = await self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
+        if info is None:
+            handle = await self._submit(spec, budget)
+            return await handle.result(max(0.0, budget - (time.monotonic() - started)))
+        return _convert.outcome(_convert.terminal_or_timeout(info, budget))
+
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its result; see `Client.result`.
 

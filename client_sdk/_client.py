@@ -323,6 +323,34 @@ class Client:
             time.sleep(_convert.reconnect_delay(0, deadline - time.monotonic()))
         raise TaskTimeoutError(task_id, budget, last)
 
+    def call(self, task: TaskDefinition[Any, Any] | Signature | str, *, timeout: float | None = None) -> Any:
+        """Submits a task and returns its result: one round trip on the client's session stream
+        (a submit, then `result`, on a broker without sessions).
+
+        ``client.call(add.s(1, 2), timeout=10)`` is ``client.enqueue(add, 1, 2).result(10)`` with
+        one message each way instead of two calls. A submit that was sent is never sent again.
+
+        Args:
+            task: A signature (arguments and options included), a task definition taking no
+                arguments, or a bare task name.
+            timeout: Longest time for the submit and the wait together; default the client's.
+
+        Returns:
+            The decoded JSON result, or the raw bytes when its content type is not JSON.
+
+        Raises:
+            TaskFailedError, TaskCancelledError, TaskExpiredError, TaskTimeoutError: As `result`.
+            InvalidArgumentError: If the broker refused a field of the task.
+        """
+        budget = self.timeout if timeout is None else timeout
+        spec = _convert.signature_spec(_convert.to_signature(task, (), {}))
+        started = time.monotonic()
+        info = self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
+        if info is None:
+            handle = self._submit(spec, budget)
+            return handle.result(max(0.0, budget - (time.monotonic() - started)))
+        return _convert.outcome(_convert.terminal_or_timeout(info, budget))
+
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its result.
 

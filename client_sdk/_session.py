@@ -57,6 +57,11 @@ def submit_call(spec: ts.TaskSpec) -> ts.SessionCall:
     return ts.SessionCall(submit=spec)
 
 
+def submit_and_wait_call(spec: ts.TaskSpec, seconds: float) -> ts.SessionCall:
+    return ts.SessionCall(submit_and_wait=ts.SessionSubmitAndWait(
+        task=spec, timeout=_convert.duration(min(max(0.0, seconds), MAX_WAIT_SECONDS))))
+
+
 def wait_call(task_id: str, seconds: float) -> ts.SessionCall:
     return ts.SessionCall(wait=ts.SessionWait(task_id=task_id, timeout=_convert.duration(max(0.0, seconds))))
 
@@ -316,6 +321,12 @@ class SyncSessionCalls:
             raise from_rpc_error(exc) from exc
         return response.task_id, response.duplicate
 
+    def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> TaskInfo | None:
+        """Submits one task and waits up to `seconds` for it, in one call; the task as it stands
+        then (terminal or not). None when the broker has no sessions (nothing was submitted)."""
+        reply = self._call(submit_and_wait_call(spec, seconds), seconds + STREAM_SLACK)
+        return None if reply is None else _convert.task_info(reply.task)
+
     def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
         """`Client.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
         last: TaskInfo | None = None
@@ -383,6 +394,11 @@ class AsyncSessionCalls:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.task_id, response.duplicate
+
+    async def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> TaskInfo | None:
+        """`SyncSessionCalls.submit_and_wait`, for asyncio."""
+        reply = await self._call(submit_and_wait_call(spec, seconds), seconds + STREAM_SLACK)
+        return None if reply is None else _convert.task_info(reply.task)
 
     async def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
         """`AsyncClient.wait` over the session, asked again on a new one if it breaks; None: no sessions."""

@@ -21,12 +21,12 @@ from conveyor.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2
 
-from client_sdk import AsyncClient, Client, TaskState, TaskTimeoutError
+from client_sdk import AsyncClient, Client, TaskFailedError, TaskState, TaskTimeoutError, signature
 from client_sdk._errors import InvalidArgumentError, NotFoundError, UnavailableError
 from tests.helpers import BrokerProcess, eventually, run_async
 from tests.integration.conftest import MakeBroker, StartWorker
 from tests.redis_process import RedisProcess
-from worker_sdk.examples import add
+from worker_sdk.examples import add, always_fails
 
 ts = task_service_pb2
 
@@ -340,3 +340,45 @@ def test_an_async_client_opens_again_after_close(fast_broker: BrokerProcess, que
 
     first, second = run_async(twice())
     assert first != second
+
+
+def test_call_submits_and_returns_the_result_in_one_session_call(
+    fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str
+) -> None:
+    start_worker(queue_name)
+
+    def calls(kind: str) -> float:
+        return fast_broker.metric("conveyor_client_session_calls_total", kind=kind)
+
+    before = calls("submit_and_wait"), calls("submit"), calls("wait")
+    with Client(fast_broker.address) as client:
+        assert client.call(add.s(20, 22).with_options(queue=queue_name), timeout=10) == 42
+        with pytest.raises(TaskFailedError):
+            client.call(always_fails.s().with_options(queue=queue_name, max_attempts=1), timeout=10)
+        with pytest.raises(TaskTimeoutError):
+            client.call(add.s(1, 1).with_options(queue=queue_name, delay=60), timeout=0.3)
+        with pytest.raises(InvalidArgumentError):
+            client.call(signature("has space").with_options(queue=queue_name), timeout=5)
+
+    async def async_call() -> int:
+        async with AsyncClient(fast_broker.address) as client:
+            return int(await client.call(add.s(2, 3).with_options(queue=queue_name), timeout=10))
+
+    assert run_async(async_call()) == 5
+    assert (calls("submit_and_wait"), calls("submit"), calls("wait")) == (before[0] + 5, before[1], before[2])
+
+
+def test_call_falls_back_to_submit_and_wait_on_a_broker_without_sessions(
+    make_broker: MakeBroker, start_worker: StartWorker, queue_name: str
+) -> None:
+    broker = make_broker(client_sessions=False)
+    start_worker(queue_name, broker=broker)
+    with Client(broker.address) as client:
+        assert client.call(add.s(4, 5).with_options(queue=queue_name), timeout=10) == 9
+
+    async def async_call() -> int:
+        async with AsyncClient(broker.address) as client:
+            return int(await client.call(add.s(6, 7).with_options(queue=queue_name), timeout=10))
+
+    assert run_async(async_call()) == 13
+    assert broker.metric("conveyor_tasks_enqueued_total", queue=queue_name) == 2
