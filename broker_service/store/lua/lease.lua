@@ -92,12 +92,11 @@ end
 local held_ids, unheld = {}, {}
 
 -- Holds the popped task back when its concurrency key is at its limit; else counts it running.
-local function held_back(ulid, key, score)
-  local c = redis.call('HMGET', key, 'ckey', 'climit')
-  if not c[1] then return false end
-  local members = conc_prefix .. c[1]
-  if redis.call('SCARD', members) >= tonumber(c[2] or '1') then
-    redis.call('ZADD', held_prefix .. c[1], score, ulid)
+local function held_back(ulid, ckey, climit, score)
+  if not ckey then return false end
+  local members = conc_prefix .. ckey
+  if redis.call('SCARD', members) >= tonumber(climit or '1') then
+    redis.call('ZADD', held_prefix .. ckey, score, ulid)
     redis.call('ZADD', held, score, ulid)
     held_ids[#held_ids + 1] = ulid
     return true
@@ -135,7 +134,8 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     local ulid = popped[j]
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
-                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass')
+                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass',
+                         'uniq', 'ckey', 'climit')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -149,10 +149,9 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid
         -- limits: an expired task frees its unique key and lets one held task of its key go
-        local x = redis.call('HMGET', key, 'uniq', 'ckey')
-        drop_unique(ulid, x[1])
-        let_one_go(x[2])
-      elseif held_back(ulid, key, popped[j + 1]) then
+        drop_unique(ulid, f[16])
+        let_one_go(f[17])
+      elseif held_back(ulid, f[17], f[18], popped[j + 1]) then
         -- limits: held back, it keeps its schedule-to-start deadline
         if unstart[#unstart] == ulid then unstart[#unstart] = nil end
       else
