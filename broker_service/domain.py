@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 
 ULID_LENGTH = 26
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two Crockford digits per 10 bits, looked up at once: half the steps of one digit at a time.
+_DIGIT_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+
+
+def _crockford(value: int, pairs: int) -> str:
+    """`value` as 2 * `pairs` Crockford digits (it must fit in 10 * `pairs` bits)."""
+    return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in range(10 * pairs - 10, -1, -10)])
 QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 TASK_ID_PATTERN = re.compile(r"([0-9A-HJKMNP-TV-Z]{26})@([A-Za-z0-9_.\-]{1,128})")
 DEFAULT_CONTENT_TYPE = "application/json"
@@ -69,6 +76,7 @@ class _UlidFactory:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_rand = 0
+        self._prefix = ""
 
     def __call__(self) -> str:
         with self._lock:
@@ -78,9 +86,10 @@ class _UlidFactory:
                 rand = self._last_rand + 1
             else:
                 rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up within a millisecond
+                self._prefix = _crockford(ms, 5)  # 48-bit time: the first 10 digits
             self._last_ms, self._last_rand = ms, rand
-        value = (ms << 80) | rand
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+            prefix = self._prefix
+        return prefix + _crockford(rand, 8)  # 80 random bits: the last 16
 
 
 new_ulid = _UlidFactory()

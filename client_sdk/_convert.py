@@ -21,6 +21,8 @@ from client_sdk._models import RemoteError, RetryPolicy, TaskInfo, TaskState
 from client_sdk._task import Signature, TaskDefinition, TaskOptions, signature
 
 JSON_CONTENT_TYPE = "application/json"
+# Compact, and NaN or infinities refused (JSON has none): made once, not per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 MAX_BATCH_SIZE = 10_000
 # Leaves headroom under the 64 MiB message limit for the envelope of each task.
 MAX_BATCH_BYTES = 48 << 20
@@ -59,7 +61,7 @@ def encode_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         TypeError: Naming the first argument JSON cannot encode (NaN and infinities included).
     """
     try:
-        text = json.dumps({"args": list(args), "kwargs": kwargs}, separators=(",", ":"), allow_nan=False)
+        text = _JSON.encode({"args": list(args), "kwargs": kwargs})
     except (TypeError, ValueError) as exc:
         raise _argument_error(name, args, kwargs, exc) from None
     return text.encode()
@@ -72,9 +74,34 @@ def is_json(content_type: str) -> bool:
 
 
 def task_spec(name: str, payload: bytes, content_type: str, options: TaskOptions) -> task_service_pb2.TaskSpec:
-    """The TaskSpec of one submission."""
+    """The TaskSpec of one submission.
+
+    Submissions of one task with the same options differ only in their payload: the rest is
+    built once and copied (options with headers are built every time: a mapping can change).
+    """
+    if options.headers:
+        spec = _spec(name, content_type, options)
+    else:
+        key = (name, content_type, options)
+        template = _TEMPLATES.get(key)
+        if template is None:
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            template = _TEMPLATES[key] = _spec(name, content_type, options)
+        spec = task_service_pb2.TaskSpec()
+        spec.CopyFrom(template)
+    spec.payload = payload
+    return spec
+
+
+_TEMPLATES: dict[tuple[str, str, TaskOptions], task_service_pb2.TaskSpec] = {}
+_MAX_TEMPLATES = 1024
+
+
+def _spec(name: str, content_type: str, options: TaskOptions) -> task_service_pb2.TaskSpec:
+    """A TaskSpec without its payload."""
     spec = task_service_pb2.TaskSpec(
-        queue=options.queue, name=name, payload=payload, content_type=content_type,
+        queue=options.queue, name=name, content_type=content_type,
         priority=options.priority,
         retry_policy=task_pb2.RetryPolicy(
             max_attempts=options.max_attempts,

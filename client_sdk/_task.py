@@ -254,6 +254,16 @@ def signature(name: str, /, *args: Any, **kwargs: Any) -> Signature:
     return Signature(name, tuple(args), dict(kwargs))
 
 
+def _positional_counts(parameters: inspect.Signature) -> tuple[int, int] | None:
+    """(required, most) positional arguments when every parameter is a plain positional one
+    (no keyword-only, no *args or **kwargs), else None."""
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    values = list(parameters.parameters.values())
+    if any(p.kind not in plain for p in values):
+        return None
+    return sum(p.default is inspect.Parameter.empty for p in values), len(values)
+
+
 class TaskDefinition(Generic[P, R]):
     """A function registered as a task, with its name and default options.
 
@@ -291,6 +301,7 @@ class TaskDefinition(Generic[P, R]):
         if schedule is not None and schedule.schedule_id is None and not SCHEDULE_ID_PATTERN.fullmatch(self.name):
             raise ValueError(f"task {self.name!r}: its name is not a valid schedule id; give schedule_id=")
         self._parameters = inspect.signature(fn)
+        self._positional_counts = _positional_counts(self._parameters)
         if schedule is not None:
             try:
                 self._parameters.bind()
@@ -328,6 +339,10 @@ class TaskDefinition(Generic[P, R]):
                    immutable: bool = False) -> Signature:
         """A checked signature; `room_for_parent` also accepts arguments that leave the first
         parameter to a workflow parent's result."""
+        counts = self._positional_counts
+        if counts is not None and not kwargs and counts[0] <= len(args) <= counts[1]:
+            # plain positional parameters called positionally: counting them is the whole check
+            return Signature(self.name, args, {}, self.options, immutable=immutable)
         try:
             self._parameters.bind(*args, **kwargs)
         except TypeError as exc:

@@ -75,7 +75,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
             raise invalid_argument("tasks", f"{len(request.tasks)} tasks is over the limit of "
                                    f"{self._limits.max_batch_size} per call")
         now = _now_ms()
-        tasks = [validate.task_spec(spec, f"tasks[{i}]", self._limits, now) for i, spec in enumerate(request.tasks)]
+        tasks = validate.task_specs(request.tasks, "tasks", self._limits, now)
         results = await self._enqueue(tasks)
         return ts.BatchEnqueueTasksResponse(
             task_ids=[make_task_id(results[t.ulid].ulid, t.queue) for t in tasks],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from conveyor.v1 import admin_service_pb2 as adm
 from conveyor.v1 import task_service_pb2 as ts
@@ -131,13 +134,48 @@ def _retry(spec: ts.TaskSpec, path: str, limits: Limits) -> RetryPolicy:
     )
 
 
+# NewTask's fields after `payload`, in order: what submissions that differ only in payload share.
+_SHARED_FIELDS = tuple(f.name for f in dataclasses.fields(NewTask))[4:]
+assert tuple(f.name for f in dataclasses.fields(NewTask))[:4] == ("ulid", "queue", "name", "payload")
+
+
+def task_specs(specs: Sequence[ts.TaskSpec], path: str, limits: Limits, now_ms: int) -> list[NewTask]:
+    """Checks a batch of TaskSpecs; `path` prefixes field names as `path[i]` ("tasks[3].name").
+
+    Specs that differ only in their payload (a batch of one task over many arguments) are
+    checked once: the rest of each is compared byte for byte with the ones already checked.
+    """
+    checked: dict[bytes, tuple[str, str, tuple[Any, ...]]] = {}
+    shape = ts.TaskSpec()
+    tasks = []
+    for i, spec in enumerate(specs):
+        shape.CopyFrom(spec)
+        shape.ClearField("payload")
+        key = shape.SerializeToString(deterministic=True)
+        known = checked.get(key)
+        if known is None:
+            task = task_spec(spec, f"{path}[{i}]", limits, now_ms)
+            checked[key] = (task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS))
+            tasks.append(task)
+            continue
+        payload = spec.payload
+        _payload(payload, f"{path}[{i}]", limits)
+        queue, name, shared = known
+        tasks.append(NewTask(new_ulid(), queue, name, payload, *shared))
+    return tasks
+
+
+def _payload(payload: bytes, path: str, limits: Limits) -> None:
+    if len(payload) > limits.max_payload_bytes:
+        raise invalid_argument(f"{path}.payload", f"{len(payload)} bytes is over the limit of "
+                               f"{limits.max_payload_bytes} bytes")
+
+
 def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewTask:
     """Checks one TaskSpec and turns it into a NewTask; `path` prefixes field names ("task", "tasks[3]")."""
     queue = queue_name(spec.queue, f"{path}.queue")
     name = _name(spec.name, f"{path}.name")
-    if len(spec.payload) > limits.max_payload_bytes:
-        raise invalid_argument(f"{path}.payload", f"{len(spec.payload)} bytes is over the limit of "
-                               f"{limits.max_payload_bytes} bytes")
+    _payload(spec.payload, path, limits)
     if len(spec.content_type) > MAX_CONTENT_TYPE or not spec.content_type.isprintable():
         raise invalid_argument(f"{path}.content_type", f"at most {MAX_CONTENT_TYPE} printable characters")
     if spec.priority > 9:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -129,21 +130,21 @@ class Scripts:
     # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
 
     async def enqueue(self, queue: QueueKeys, tasks: Sequence[NewTask]) -> list[Any]:
-        args: list[Arg] = []
-        for task in tasks:
-            retry = task.retry
-            args += [
-                task.ulid, task.name, task.payload,
-                "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
-                headers_to(task.headers), task.priority, retry.max_attempts,
-                retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
-                task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
-                task.start_timeout_ms,
-                task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
-                task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
-                " ".join(task.parent_ids), task.result_passing,
-            ]
-        return list(await self.run("enqueue", script_keys("enqueue", queue), args))
+        rows = [
+            (task.ulid, task.name, task.payload,
+             "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
+             headers_to(task.headers) if task.headers else "", task.priority, (retry := task.retry).max_attempts,
+             retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
+             task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
+             task.start_timeout_ms,
+             task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
+             task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
+             " ".join(task.parent_ids), task.result_passing)
+            for task in tasks
+        ]
+        # Lua's cmsgpack reads raw strings only: bytes and text both go as raw (use_bin_type=False).
+        packed = msgpack.packb(rows, use_bin_type=False)
+        return list(await self.run("enqueue", script_keys("enqueue", queue), [packed]))
 
     async def lease(self, queue: QueueKeys, count: int, worker_id: str) -> list[Any]:
         return list(await self.run("lease", script_keys("lease", queue), [count, worker_id]))

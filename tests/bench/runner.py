@@ -218,6 +218,8 @@ def _jobs(bench: Bench, system: System, scenarios: list[str], out: dict[str, Any
             jobs.append(("1", "async", lambda: bench.enqueue(system, "1", "async")))
     if "2" in scenarios:
         jobs.append(("2", "batch", lambda: bench.enqueue(system, "2", "batch")))
+        if conveyor:
+            jobs.append(("2", "batch-async", lambda: bench.enqueue(system, "2", "batch-async")))
     if "3" in scenarios or "6" in scenarios:
         jobs += [("3", c.label, lambda c=c: bench.drain(system, c)) for c in system.drain_configs]  # type: ignore[misc]
     if "4" in scenarios:

@@ -23,8 +23,7 @@ def test_complete_stores_the_result_and_ends_succeeded(harness: StoreHarness) ->
     record = dump["tasks"][lease.ulid]
     assert run_ms is not None and run_ms >= 5
     assert run_ms == int(record["finished"]) - int(record["started"])
-    assert without(record) == {"state": "succeeded", "name": "tests.work", "max": "3", "b_init": "1000",
-                               "b_max": "600000", "b_mult": "2.0", "lease": "30000", "ttl": "60000",
+    assert without(record) == {"state": "succeeded", "name": "tests.work", "ttl": "60000",
                                "attempt": "1", "token": "1", "worker": "w1", "result": b'{"ok": true}',
                                "rtype": "application/json"}
     assert dump["indexes"]["running"] == []

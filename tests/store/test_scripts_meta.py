@@ -8,10 +8,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
-from broker_service.domain import Completion, Failure, Lease, TaskError
+from broker_service.domain import Completion, Failure, Lease, NewTask, RetryPolicy, TaskError
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
+from broker_service.store.records import record_from_fields
 from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
 from tests.store.helpers import new_task
 
@@ -154,6 +156,10 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
         assert len(args) == len(header.argv) + 3 * per_item
     elif name != "list_page":
         assert len(args) == len(header.argv)
+    if name == "enqueue":  # one msgpack argument: a row per task, one entry per line of its header
+        rows = msgpack.unpackb(args[0], raw=True)
+        entries = re.findall(r"^--   (\w+) +(?:string|bytes|int) +\S", header.text, re.M)
+        assert len(rows) == 3 and all(len(row) == len(entries) == 27 for row in rows)
 
 
 def _local_functions(source: str) -> dict[str, str]:
@@ -176,3 +182,24 @@ def test_helpers_copied_into_several_scripts_are_the_same_everywhere() -> None:
     for function, by_script in shared.items():
         variants = set(by_script.values())
         assert len(variants) == 1, f"{function} differs between {sorted(by_script)}"
+
+
+def test_task_defaults_are_one_table_everywhere_and_match_the_domain() -> None:
+    """enqueue leaves a policy field out of a task hash while it holds its default, so every
+    script reading one applies the same DEFAULT table; Python's record decoding applies the
+    domain's defaults, which must be the same values."""
+    tables = {}
+    for name in SCRIPTS:
+        source = (LUA / f"{name}.lua").read_text()
+        if "DEFAULT." in source or name == "enqueue":
+            [table] = re.findall(r"(?m)^local DEFAULT = \{(.*)\}$", source)
+            tables[name] = table
+    assert {"enqueue", "lease", "complete", "fail", "reap", "extend"} <= set(tables)
+    assert len(set(tables.values())) == 1, f"DEFAULT differs between {sorted(tables)}"
+    lua = {key.strip(): float(value) for key, value in
+           (entry.split("=") for entry in next(iter(tables.values())).split(","))}
+    retry, task = RetryPolicy(), NewTask("u", "q", "n")
+    assert lua == {"max": retry.max_attempts, "b_init": retry.initial_backoff_ms, "b_max": retry.max_backoff_ms,
+                   "b_mult": retry.multiplier, "lease": task.lease_ms, "ttl": task.result_ttl_ms}
+    record = record_from_fields("u", "q", {"name": b"n", "state": b"queued"})
+    assert (record.retry, record.lease_ms, record.result_ttl_ms) == (retry, task.lease_ms, task.result_ttl_ms)

@@ -249,3 +249,19 @@ def test_a_wait_of_no_time_times_out_unless_the_task_finished() -> None:
     with pytest.raises(TaskTimeoutError, match="last seen running") as caught:
         terminal_or_timeout(_info(TaskState.RUNNING), 0)
     assert caught.value.timeout == 0
+
+
+def test_submissions_of_one_task_share_nothing_but_what_they_have_in_common() -> None:
+    options = TaskOptions(queue="q", priority=2)
+    first = task_spec("t", b"[1]", "application/json", options)
+    second = task_spec("t", b"[2]", "application/json", options)
+    first.priority = 9  # a spec is the caller's to change: the next one does not see it
+
+    third = task_spec("t", b"[3]", "application/json", options)
+
+    assert (first.payload, second.payload, third.payload) == (b"[1]", b"[2]", b"[3]")
+    assert (second.priority, third.priority) == (2, 2)
+    tagged = TaskOptions(queue="q", headers={"trace": "a"})
+    assert dict(task_spec("t", b"", "application/json", tagged).headers) == {"trace": "a"}
+    tagged.headers["trace"] = "b"  # type: ignore[index]  # a mapping can change: read at each submission
+    assert dict(task_spec("t", b"", "application/json", tagged).headers) == {"trace": "b"}

@@ -37,6 +37,10 @@ local wf_outbox = KEYS[11]
 local ulid = ARGV[1]
 local reason = ARGV[2]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -88,7 +92,7 @@ if state == 'running' then
 end
 
 if state == 'queued' or state == 'scheduled' or state == 'pending' then
-  local ttl = tonumber(f[2])
+  local ttl = tonumber(f[2]) or DEFAULT.ttl
   if state == 'queued' then redis.call('ZREM', queued, ulid) end
   if state == 'scheduled' then redis.call('ZREM', scheduled, ulid) end
   if state == 'pending' then redis.call('ZREM', pending, ulid) end

@@ -33,6 +33,10 @@ local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
 local wf_outbox = KEYS[10]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -82,7 +86,7 @@ for i = 1, #ARGV, 2 do
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 0
   else
-    local ttl = tonumber(f[3])
+    local ttl = tonumber(f[3]) or DEFAULT.ttl
     if f[5] and f[4] then
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
     else

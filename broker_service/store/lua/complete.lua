@@ -36,6 +36,10 @@ local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
 local wf_outbox = KEYS[10]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -87,7 +91,7 @@ for i = 1, #ARGV, 4 do
   if f[2] ~= token then
     answers[#answers + 1] = -1
   elseif f[1] == 'running' then
-    local ttl = tonumber(f[5])
+    local ttl = tonumber(f[5]) or DEFAULT.ttl
     local fields = {'state', 'succeeded', 'finished', now}
     if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
     if rtype ~= '' then fields[#fields + 1] = 'rtype'; fields[#fields + 1] = rtype end

@@ -9,7 +9,9 @@
 -- KEYS[7] idem_prefix      prefix   `{ns:q}:idem:`; an idempotency key appended names its STRING
 -- KEYS[8] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 --
--- ARGV[1..] 27 per task:
+-- ARGV[1] tasks            msgpack  an array with one row per task: an array of the 27 entries
+--   below, in this order (strings as raw, numbers as numbers); one argument however many tasks,
+--   which keeps a batch cheap to send and to read.
 --   ulid           string  the task's ulid
 --   name           string  task name
 --   payload        bytes   opaque payload ('' = none, stored absent)
@@ -19,8 +21,8 @@
 --   max            int     attempts allowed
 --   b_init         int     first retry backoff, ms
 --   b_max          int     backoff cap, ms
---   b_mult         float   backoff multiplier
---   b_jit          float   jitter fraction 0..1
+--   b_mult         string  backoff multiplier, a decimal number
+--   b_jit          string  jitter fraction 0..1, a decimal number
 --   timeout        int     execution timeout per attempt, ms (0 = none)
 --   lease          int     lease duration, ms
 --   ttl            int     result TTL, ms
@@ -38,8 +40,9 @@
 --   parents        string  parent task ids, space separated ('' = none)
 --   rpass          int     how parents' results are handed over (ResultPassing, 0 = none)
 --
--- Every key, id and number above is stored in the task hash under its ARGV name when it is not
--- empty or 0 (`idem_ttl` is not stored). A task with parents (or any workflow node) is written `pending` into
+-- Every key, id and number above is stored in the task hash under its entry name when it is not
+-- empty or 0 (`idem_ttl` is not stored); max, b_init, b_max, b_mult, lease and ttl only when they
+-- differ from DEFAULT (the readers of those fields apply the same table). A task with parents (or any workflow node) is written `pending` into
 -- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
 -- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
 --
@@ -66,6 +69,11 @@ local events = KEYS[5]
 local pending = KEYS[6]
 local idem_prefix = KEYS[7]
 local uniq_prefix = KEYS[8]
+local tasks = ARGV[1]
+
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,32 +117,28 @@ end
 local was_empty = redis.call('ZCARD', queued) == 0
 local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
 
-for i = 1, #ARGV, 27 do
-  local ulid = ARGV[i]
-  local name = ARGV[i + 1]
-  local payload = ARGV[i + 2]
-  local ctype = ARGV[i + 3]
-  local headers = ARGV[i + 4]
-  local prio = tonumber(ARGV[i + 5])
-  local max = ARGV[i + 6]
-  local b_init = ARGV[i + 7]
-  local b_max = ARGV[i + 8]
-  local b_mult = ARGV[i + 9]
-  local b_jit = ARGV[i + 10]
-  local timeout = tonumber(ARGV[i + 11])
-  local lease = ARGV[i + 12]
-  local ttl = ARGV[i + 13]
-  local run_at = tonumber(ARGV[i + 14])
-  local delay = tonumber(ARGV[i + 15])
-  local start_timeout = tonumber(ARGV[i + 16])
-  local extra = {'idem', ARGV[i + 17], 'uniq', ARGV[i + 19], 'ckey', ARGV[i + 20], 'climit', ARGV[i + 21],
-                 'sched', ARGV[i + 22], 'wf', ARGV[i + 23], 'node', ARGV[i + 24], 'parents', ARGV[i + 25],
-                 'rpass', ARGV[i + 26]}
+-- Row entries a task hash keeps only when they differ from what their absent field means:
+-- {entry, field, absent}.
+local OPTIONAL = {
+  {3, 'payload', ''}, {4, 'ctype', ''}, {5, 'headers', ''}, {6, 'prio', 0}, {7, 'max', DEFAULT.max},
+  {8, 'b_init', DEFAULT.b_init}, {9, 'b_max', DEFAULT.b_max}, {10, 'b_mult', DEFAULT.b_mult}, {11, 'b_jit', 0},
+  {12, 'timeout', 0}, {13, 'lease', DEFAULT.lease}, {14, 'ttl', DEFAULT.ttl}, {18, 'idem', ''}, {20, 'uniq', ''},
+  {21, 'ckey', ''}, {22, 'climit', 0}, {23, 'sched', ''}, {24, 'wf', ''}, {25, 'node', ''}, {26, 'parents', ''},
+  {27, 'rpass', 0},
+}
+
+for _, row in ipairs(cmsgpack.unpack(tasks)) do
+  local ulid = row[1]
+  local prio = tonumber(row[6])
+  local run_at = tonumber(row[15])
+  local delay = tonumber(row[16])
+  local start_timeout = tonumber(row[17])
+  local idem, idem_ttl, uniq = row[18], row[19], row[20]
 
   local key = task_prefix .. ulid
   local existing = redis.call('HGET', key, 'state')
   local holder, held_state, kind
-  if not existing then holder, held_state, kind = taken(ARGV[i + 17], ARGV[i + 18], ARGV[i + 19]) end
+  if not existing then holder, held_state, kind = taken(idem, idem_ttl, uniq) end
   if existing then
     answers[#answers + 1] = existing; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
   elseif holder then
@@ -146,20 +150,15 @@ for i = 1, #ARGV, 27 do
     local state = 'queued'
     if due > now then state = 'scheduled' end
     -- a workflow node waits pending, roots too: its workflow releases it once its record is written
-    local has_parents = extra[16] ~= '' or extra[12] ~= ''
+    local has_parents = row[26] ~= '' or row[24] ~= ''
     if has_parents then state = 'pending' end
 
-    local fields = {'state', state, 'name', name, 'max', max, 'b_init', b_init, 'b_max', b_max,
-                    'b_mult', b_mult, 'lease', lease, 'ttl', ttl, 'created', now, 'due', due}
-    if payload ~= '' then fields[#fields + 1] = 'payload'; fields[#fields + 1] = payload end
-    if ctype ~= '' then fields[#fields + 1] = 'ctype'; fields[#fields + 1] = ctype end
-    if headers ~= '' then fields[#fields + 1] = 'headers'; fields[#fields + 1] = headers end
-    if prio ~= 0 then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
-    if tonumber(b_jit) ~= 0 then fields[#fields + 1] = 'b_jit'; fields[#fields + 1] = b_jit end
-    if timeout > 0 then fields[#fields + 1] = 'timeout'; fields[#fields + 1] = timeout end
-    for j = 1, #extra, 2 do
-      local value = extra[j + 1]
-      if value ~= '' and value ~= '0' then fields[#fields + 1] = extra[j]; fields[#fields + 1] = value end
+    local fields = {'state', state, 'name', row[2], 'created', now, 'due', due}
+    for _, o in ipairs(OPTIONAL) do
+      local value, absent = row[o[1]], o[3]
+      if value ~= absent and tonumber(value) ~= absent then
+        fields[#fields + 1] = o[2]; fields[#fields + 1] = value
+      end
     end
     if has_parents then
       -- its delay and schedule-to-start timeout count from its release: kept for that
@@ -179,7 +178,7 @@ for i = 1, #ARGV, 27 do
     else
       to_schedule[#to_schedule + 1] = due; to_schedule[#to_schedule + 1] = ulid
     end
-    claim(ulid, ARGV[i + 17], ARGV[i + 18], ARGV[i + 19])
+    claim(ulid, idem, idem_ttl, uniq)
     answers[#answers + 1] = state; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
   end
 end

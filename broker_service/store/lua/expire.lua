@@ -32,6 +32,10 @@ local uniq_prefix = KEYS[9]
 local wf_outbox = KEYS[10]
 local limit = tonumber(ARGV[1])
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -81,7 +85,7 @@ for _, ulid in ipairs(due) do
   local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl', 'wf')
   local state = f[1]
   if (state == 'queued' or state == 'scheduled' or state == 'pending') and tonumber(f[2] or '0') == 0 then
-    local ttl = tonumber(f[3])
+    local ttl = tonumber(f[3]) or DEFAULT.ttl
     if state == 'queued' then from_queued[#from_queued + 1] = ulid end
     if state == 'scheduled' then from_scheduled[#from_scheduled + 1] = ulid end
     limits_ended(key, ulid, state == 'queued')

@@ -17,6 +17,10 @@ local task_prefix = KEYS[1]
 local running = KEYS[2]
 local worker_id = ARGV[1]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -29,7 +33,7 @@ for i = 2, #ARGV, 2 do
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 2
   else
-    local deadline = now + tonumber(f[3])
+    local deadline = now + (tonumber(f[3]) or DEFAULT.lease)
     local exec_dl = tonumber(f[4] or '0')
     if exec_dl > 0 and exec_dl < deadline then deadline = exec_dl end
     to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = ulid

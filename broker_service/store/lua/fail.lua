@@ -50,6 +50,10 @@ local wf_outbox = KEYS[12]
 local dl_ttl = tonumber(ARGV[1])
 local dl_max = tonumber(ARGV[2])
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -122,7 +126,7 @@ for i = 3, #ARGV, 8 do
     if #blank > 0 and attempt > 1 then redis.call('HDEL', key, unpack(blank)) end
 
     if f[10] == '1' then
-      local ttl = tonumber(f[11])
+      local ttl = tonumber(f[11]) or DEFAULT.ttl
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now, unpack(err))
       redis.call('HDEL', key, 'cancel')
       redis.call('PEXPIREAT', key, now + ttl)
@@ -131,7 +135,7 @@ for i = 3, #ARGV, 8 do
       limits_left(key, ulid, true)
       if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'cancelled'
-    elseif e_retry == '0' or attempt >= tonumber(f[4]) then
+    elseif e_retry == '0' or attempt >= (tonumber(f[4]) or DEFAULT.max) then
       local reason = 'attempts_exhausted'
       if e_retry == '0' then reason = 'non_retryable' end
       redis.call('HSET', key, 'state', 'failed', 'finished', now, 'reason', reason, unpack(err))
@@ -144,9 +148,10 @@ for i = 3, #ARGV, 8 do
     else
       local delay = retry_after
       if delay < 0 then
-        local b_init = tonumber(f[5])
+        local b_init = tonumber(f[5]) or DEFAULT.b_init
+        local b_max, b_mult = tonumber(f[6]) or DEFAULT.b_max, tonumber(f[7]) or DEFAULT.b_mult
         local raw = 0 -- a zero initial backoff stays zero, even when b_mult^n overflows to inf
-        if b_init > 0 then raw = math.min(tonumber(f[6]), b_init * tonumber(f[7]) ^ (attempt - 1)) end
+        if b_init > 0 then raw = math.min(b_max, b_init * b_mult ^ (attempt - 1)) end
         delay = math.floor(raw * (1 - tonumber(f[8] or '0') * r))
       end
       if delay <= 0 then

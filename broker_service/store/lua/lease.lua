@@ -55,6 +55,10 @@ local wf_outbox = KEYS[14]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local MAX_EXPIRED = 1000 -- bounds one call's work when many tasks expired unseen
 
 local t = redis.call('TIME')
@@ -141,7 +145,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
       local start_by = tonumber(f[3] or '0')
       if start_by > 0 then unstart[#unstart + 1] = ulid end
       if attempt == 0 and start_by > 0 and start_by <= now then
-        local ttl = tonumber(f[12])
+        local ttl = tonumber(f[12]) or DEFAULT.ttl
         redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
         redis.call('PEXPIREAT', key, now + ttl)
         expired_ids[#expired_ids + 1] = ulid
@@ -169,7 +173,7 @@ if #picked > 0 then
   for n, p in ipairs(picked) do
     local ulid, key, attempt, f = p[1], p[2], p[3], p[4]
     local token = first + n - 1
-    local lease = tonumber(f[9])
+    local lease = tonumber(f[9]) or DEFAULT.lease
     local timeout = tonumber(f[10] or '0')
     local deadline = now + lease
     if timeout > 0 then
@@ -191,9 +195,9 @@ if #picked > 0 then
     leased[base + 4] = f[6]
     leased[base + 5] = f[7]
     leased[base + 6] = attempt
-    leased[base + 7] = f[8]
+    leased[base + 7] = f[8] or DEFAULT.max
     leased[base + 8] = token
-    leased[base + 9] = f[9]
+    leased[base + 9] = lease
     leased[base + 10] = f[10]
     leased[base + 11] = f[11]
     leased[base + 12] = f[14]

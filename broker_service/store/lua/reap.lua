@@ -46,6 +46,10 @@ local r = tonumber(ARGV[2])
 local dl_ttl = tonumber(ARGV[3])
 local dl_max = tonumber(ARGV[4])
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local GOLDEN = 0.6180339887
 
 local t = redis.call('TIME')
@@ -110,10 +114,10 @@ for i, ulid in ipairs(due_ids) do
                        'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf')
   if f[1] == 'running' then
     local attempt = tonumber(f[2])
-    local exhausted = attempt >= tonumber(f[3])
+    local exhausted = attempt >= (tonumber(f[3]) or DEFAULT.max)
     local exec_dl = tonumber(f[11] or '0')
     if f[9] == '1' then
-      local ttl = tonumber(f[10])
+      local ttl = tonumber(f[10]) or DEFAULT.ttl
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
       redis.call('HDEL', key, 'cancel')
       redis.call('PEXPIREAT', key, now + ttl)
@@ -133,9 +137,10 @@ for i, ulid in ipairs(due_ids) do
         if f[15] then wf_done[#wf_done + 1] = ulid end
       else
         local ri = (r + (i - 1) * GOLDEN) % 1
-        local b_init = tonumber(f[4])
+        local b_init = tonumber(f[4]) or DEFAULT.b_init
+        local b_max, b_mult = tonumber(f[5]) or DEFAULT.b_max, tonumber(f[6]) or DEFAULT.b_mult
         local raw = 0 -- a zero initial backoff stays zero, even when b_mult^n overflows to inf
-        if b_init > 0 then raw = math.min(tonumber(f[5]), b_init * tonumber(f[6]) ^ (attempt - 1)) end
+        if b_init > 0 then raw = math.min(b_max, b_init * b_mult ^ (attempt - 1)) end
         local delay = math.floor(raw * (1 - tonumber(f[7] or '0') * ri))
         if delay <= 0 then
           set_error(key, attempt, {'state', 'queued', 'due', now, 'reason', 'execution_timeout'},
@@ -153,7 +158,7 @@ for i, ulid in ipairs(due_ids) do
         limits_left(key, ulid, false)
       end
     elseif exhausted then
-      local msg = 'lease of ' .. f[14] .. ' ms expired without a heartbeat on attempt ' .. attempt
+      local msg = 'lease of ' .. (f[14] or DEFAULT.lease) .. ' ms expired without a heartbeat on attempt ' .. attempt
       set_error(key, attempt, {'state', 'failed', 'finished', now, 'reason', 'lease_expired'},
                 'LeaseExpired', msg)
       redis.call('PEXPIREAT', key, now + dl_ttl)

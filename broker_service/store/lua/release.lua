@@ -39,6 +39,10 @@ local wf_outbox = KEYS[11]
 local reason = ARGV[1]
 local started = ARGV[2]
 
+-- task defaults: a task hash leaves out these fields while they hold these values ----------
+local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
+-- end task defaults ---------------------------------------------------------------------------
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -95,7 +99,7 @@ for i = 3, #ARGV, 2 do
   else
     left_running[#left_running + 1] = ulid
     if f[6] == '1' then
-      local ttl = tonumber(f[7])
+      local ttl = tonumber(f[7]) or DEFAULT.ttl
       redis.call('HSET', key, 'state', 'cancelled', 'finished', now)
       redis.call('HDEL', key, 'cancel')
       redis.call('PEXPIREAT', key, now + ttl)
