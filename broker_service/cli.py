@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -58,12 +60,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(argv: Sequence[str]) -> int:
     """Runs the broker until SIGTERM or SIGINT, then drains and exits 0."""
     settings = config.parse(argv)
+    limit_malloc_arenas()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(_serve(settings))
     except KeyboardInterrupt:
         return 0
+
+
+# glibc's mallopt parameter for the most malloc arenas (M_ARENA_MAX in malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Caps glibc's malloc arenas, as MALLOC_ARENA_MAX=2 would, before any gRPC thread starts.
+
+    glibc gives each thread that allocates a lot an arena of its own and keeps what those
+    arenas grew to, so the broker's memory crept up with its largest calls (about +25% from
+    100,000 to 1,000,000 queued tasks; +5% with two arenas). An explicit MALLOC_ARENA_MAX in
+    the environment wins. Answers whether the cap was set (False off glibc: nothing to do).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 async def _serve(settings: config.Settings) -> int:

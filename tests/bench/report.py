@@ -235,6 +235,17 @@ def _s5(scen: dict[str, Any], systems: list[str]) -> str:
         for metric in ("p50_ms", "p99_ms"):
             rows.append((f"{name} {metric.split('_')[0]} ms",
                          {k: _median(s, k, variant[k], part, metric) for k in systems}, "ms"))
+    peer_rate = "at the fastest peer's rate"  # runner.PEER_RATE
+    if s.get("conveyor", {}).get(peer_rate, {}).get("median"):
+        rate = _median(s, "conveyor", peer_rate, "target_rate")
+        rows.append((f"Conveyor at {fmt(rate, 'rate')}/s, the fastest peer's target rate:", {}, "text"))
+        rows.append(("achieved rate /s", {**{k: _median(s, k, variant[k], "achieved_rate") for k in systems},
+                                          "conveyor": _median(s, "conveyor", peer_rate, "achieved_rate")}, "rate"))
+        for part, name in (("submit_to_start", "submit→start"), ("submit_to_result", "submit→result stored")):
+            for metric in ("p50_ms", "p99_ms"):
+                values = {k: _median(s, k, variant[k], part, metric) for k in systems}
+                values["conveyor"] = _median(s, "conveyor", peer_rate, part, metric)
+                rows.append((f"{name} {metric.split('_')[0]} ms", values, "ms"))
     return ("## 5. Latency under load: open-loop submits at half the drain rate (lower is better)\n\n"
             "Tasks return `time.time()` at their start; the result-stored time is Conveyor's `finished` "
             "(Redis TIME, ms), Celery's `date_done`, and for Dramatiq and huey a hook that runs right after "

@@ -251,6 +251,8 @@ def _run_all(bench: Bench, systems: list[System], scenarios: list[str], out: dic
             if scenario == "5":
                 variant = value.pop("variant", variant or "open loop")
             out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
+    if "5" in scenarios:
+        _open_loop_at_peer_rate(bench, systems, out)
 
 
 def _open_loop(bench: Bench, system: System, out: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +260,28 @@ def _open_loop(bench: Bench, system: System, out: dict[str, Any]) -> dict[str, A
     result = bench.open_loop(system, config, rate)
     result["variant"] = config.label
     return result
+
+
+PEER_RATE = "at the fastest peer's rate"
+
+
+def _open_loop_at_peer_rate(bench: Bench, systems: list[System], out: dict[str, Any]) -> None:
+    """Conveyor once more, at the highest target rate a peer ran scenario 5 at: the same load for
+    both, where its own target (half its drain rate) is more than one submitting process sends."""
+    conveyor = next((s for s in systems if s.key == "conveyor"), None)
+    runs = out.get("5", {})
+    rates = [v.get("median", {}).get("target_rate") for key, variants in runs.items() if key != "conveyor"
+             for v in variants.values()]
+    rates = [r for r in rates if r]
+    if conveyor is None or "conveyor" not in runs or not rates:
+        return
+    config, _ = _half_drain(bench, conveyor, out)
+    try:
+        value = bench.open_loop(conveyor, config, max(rates))
+    except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
+        bench.progress(f"Conveyor: scenario 5 {PEER_RATE} failed: {exc}")
+        value = {"error": str(exc), "runs": [], "median": {}}
+    runs["conveyor"][PEER_RATE] = value
 
 
 def _half_drain(bench: Bench, system: System, out: dict[str, Any]) -> tuple[Any, float]:
