@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker_service.domain import (
@@ -25,9 +25,10 @@ RECORD_FIELDS: tuple[str, ...] = (
     "b_init", "b_max", "b_mult", "b_jit", "timeout", "lease", "ttl",
     "created", "due", "started", "finished", "start_by", "token", "worker", "exec_dl",
     "result", "rtype", "e_type", "e_msg", "e_tb", "e_retry", "reason", "cancel", "prog", "prog_msg",
-    "idem", "uniq", "ckey", "climit", "sched", "wf", "node", "parents", "rpass", "delay", "start_tmo",
+    "idem", "uniq", "ckey", "climit", "sched", "wf", "node", "parents", "rpass", "delay", "start_tmo", "pn", "rn",
 )
-LIST_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("payload", "result"))
+# A payload or result over 64 bytes is stored in pieces: `payload`, then p2 .. p<pn> (see enqueue.lua).
+LIST_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("payload", "result", "pn", "rn"))
 
 # Entries per task in lease.lua's reply.
 LEASED_ENTRIES = 13
@@ -79,7 +80,7 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         queue=queue,
         name=text(get("name")),
         state=TaskState.from_label(text(get("state"))),
-        payload=get("payload") or b"",
+        payload=joined(get, "payload", "p", "pn"),
         content_type=text(get("ctype"), DEFAULT_CONTENT_TYPE),
         headers=headers_from(get("headers")),
         priority=integer(get("prio")),
@@ -99,7 +100,7 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         started_ms=integer(get("started")),
         finished_ms=integer(get("finished")),
         start_by_ms=integer(get("start_by")),
-        result=get("result") or b"",
+        result=joined(get, "result", "r", "rn"),
         result_content_type=text(get("rtype")),
         error=error,
         reason=text(get("reason")),
@@ -117,6 +118,16 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         workflow_node=text(get("node")),
         parent_ids=tuple(text(get("parents")).split()),
     )
+
+
+def joined(get: Callable[[str], Any], name: str, prefix: str, count_name: str) -> bytes:
+    """A payload or result, joined from its pieces when a script stored it in several: `name`
+    holds the first, `<prefix>2` .. `<prefix><count>` the rest (see enqueue.lua's `pieces`)."""
+    first = get(name) or b""
+    pieces = integer(get(count_name), 1)
+    if pieces <= 1:
+        return bytes(first)
+    return b"".join([first, *(get(f"{prefix}{i}") or b"" for i in range(2, pieces + 1))])
 
 
 def record_from_hash(ulid: str, queue: str, raw: Mapping[bytes | str, bytes | str]) -> TaskRecord:

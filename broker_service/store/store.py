@@ -50,6 +50,7 @@ from broker_service.store.errors import redis_errors
 from broker_service.store.keys import GlobalKeys, QueueKeys, ScheduleKeys
 from broker_service.store.records import (
     LIST_FIELDS,
+    joined,
     leased_from_reply,
     record_from_fields,
     record_from_hash,
@@ -578,9 +579,13 @@ class Store:
         with redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, ulid in tasks:
-                    pipe.hmget(self.queue_keys(queue).task(ulid), ["node", "result", "rtype"])
+                    pipe.hgetall(self.queue_keys(queue).task(ulid))
                 replies = await pipe.execute()
-        return [(text(node), result or b"", text(rtype)) for node, result, rtype in replies]
+        out = []
+        for raw in replies:
+            fields = {text(k): v for k, v in raw.items()}
+            out.append((text(fields.get("node")), joined(fields.get, "result", "r", "rn"), text(fields.get("rtype"))))
+        return out
 
     async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:
         """Ulids of a queue's ended workflow nodes whose workflow has not advanced yet, oldest

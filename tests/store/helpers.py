@@ -17,11 +17,17 @@ TIME_FIELDS = ("created", "due", "started", "finished", "start_by", "exec_dl")
 BINARY_FIELDS = ("payload", "result")
 
 
+def _binary(field: str) -> bool:
+    """Payload and result bytes, and the pieces of a long one (p2, p3, ..., r2, r3, ...)."""
+    return field in BINARY_FIELDS or (field[:1] in ("p", "r") and field[1:].isdigit())
+
+
 def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> dict[str, Any]:
     """Every key of a queue as plain data.
 
     {"indexes": {index: [ulid, ...] in order}, "scores": {index: {ulid: score}},
-     "tasks": {ulid: {field: str (bytes for payload/result)}}, "expires": {ulid: PEXPIRETIME, -1 for none},
+     "tasks": {ulid: {field: str (bytes for payload/result and their pieces)}},
+     "expires": {ulid: PEXPIRETIME, -1 for none},
      "seq": int or None, "other": [names of keys no schema entry explains]}
     """
     keys = QueueKeys(namespace, queue)
@@ -41,7 +47,7 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
             ulid = key[len(keys.task_prefix):]
             fields: Any = client.hgetall(key)
             out["tasks"][ulid] = {
-                f.decode(): (v if f.decode() in BINARY_FIELDS else v.decode()) for f, v in fields.items()
+                f.decode(): (v if _binary(f.decode()) else v.decode()) for f, v in fields.items()
             }
             out["expires"][ulid] = client.pexpiretime(key)
         elif key not in known:

@@ -14,7 +14,7 @@
 -- ARGV[1..] 4 per item:
 --   ulid    string  the task's ulid
 --   token   int     the lease token presented
---   result  bytes   result payload ('' = none, stored absent)
+--   result  bytes   result payload ('' = none, stored absent; a long one in pieces, see below)
 --   rtype   string  result media type ('' = none, stored absent)
 --
 -- Returns: array, one integer per item: the attempt's run time in ms, or -1 when the token is
@@ -39,6 +39,28 @@ local wf_outbox = KEYS[10]
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
 local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
 -- end task defaults ---------------------------------------------------------------------------
+
+-- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
+-- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
+-- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
+-- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
+-- compact anyway: then one field.
+local PIECE, MAX_PIECES = 64, 32
+
+-- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
+local function put_pieces(fields, name, prefix, count_name, value)
+  if #value <= PIECE or #value > PIECE * MAX_PIECES then
+    fields[#fields + 1] = name; fields[#fields + 1] = value
+    return
+  end
+  local pieces = math.ceil(#value / PIECE)
+  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
+  for j = 2, pieces do
+    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
+  end
+  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
+end
+-- end pieces ------------------------------------------------------------------------------------
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -93,7 +115,7 @@ for i = 1, #ARGV, 4 do
   elseif f[1] == 'running' then
     local ttl = tonumber(f[5]) or DEFAULT.ttl
     local fields = {'state', 'succeeded', 'finished', now}
-    if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
+    if result ~= '' then put_pieces(fields, 'result', 'r', 'rn', result) end
     if rtype ~= '' then fields[#fields + 1] = 'rtype'; fields[#fields + 1] = rtype end
     redis.call('HSET', key, unpack(fields))
     if f[6] then redis.call('HDEL', key, 'cancel', 'reason') end

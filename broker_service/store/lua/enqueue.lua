@@ -41,7 +41,7 @@
 --   rpass          int     how parents' results are handed over (ResultPassing, 0 = none)
 --
 -- Every key, id and number above is stored in the task hash under its entry name when it is not
--- empty or 0 (`idem_ttl` is not stored); max, b_init, b_max, b_mult, lease and ttl only when they
+-- empty or 0 (a payload over 64 bytes in pieces: see `pieces` below) (`idem_ttl` is not stored); max, b_init, b_max, b_mult, lease and ttl only when they
 -- differ from DEFAULT (the readers of those fields apply the same table). A task with parents (or any workflow node) is written `pending` into
 -- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
 -- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
@@ -74,6 +74,28 @@ local tasks = ARGV[1]
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
 local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
 -- end task defaults ---------------------------------------------------------------------------
+
+-- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
+-- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
+-- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
+-- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
+-- compact anyway: then one field.
+local PIECE, MAX_PIECES = 64, 32
+
+-- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
+local function put_pieces(fields, name, prefix, count_name, value)
+  if #value <= PIECE or #value > PIECE * MAX_PIECES then
+    fields[#fields + 1] = name; fields[#fields + 1] = value
+    return
+  end
+  local pieces = math.ceil(#value / PIECE)
+  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
+  for j = 2, pieces do
+    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
+  end
+  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
+end
+-- end pieces ------------------------------------------------------------------------------------
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -120,7 +142,7 @@ local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
 -- Row entries a task hash keeps only when they differ from what their absent field means:
 -- {entry, field, absent}.
 local OPTIONAL = {
-  {3, 'payload', ''}, {4, 'ctype', ''}, {5, 'headers', ''}, {6, 'prio', 0}, {7, 'max', DEFAULT.max},
+  {4, 'ctype', ''}, {5, 'headers', ''}, {6, 'prio', 0}, {7, 'max', DEFAULT.max},
   {8, 'b_init', DEFAULT.b_init}, {9, 'b_max', DEFAULT.b_max}, {10, 'b_mult', DEFAULT.b_mult}, {11, 'b_jit', 0},
   {12, 'timeout', 0}, {13, 'lease', DEFAULT.lease}, {14, 'ttl', DEFAULT.ttl}, {18, 'idem', ''}, {20, 'uniq', ''},
   {21, 'ckey', ''}, {22, 'climit', 0}, {23, 'sched', ''}, {24, 'wf', ''}, {25, 'node', ''}, {26, 'parents', ''},
@@ -154,6 +176,7 @@ for _, row in ipairs(cmsgpack.unpack(tasks)) do
     if has_parents then state = 'pending' end
 
     local fields = {'state', state, 'name', row[2], 'created', now, 'due', due}
+    if row[3] ~= '' then put_pieces(fields, 'payload', 'p', 'pn', row[3]) end
     for _, o in ipairs(OPTIONAL) do
       local value, absent = row[o[1]], o[3]
       if value ~= absent and tonumber(value) ~= absent then

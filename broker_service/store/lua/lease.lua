@@ -139,7 +139,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
                          'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass',
-                         'uniq', 'ckey', 'climit')
+                         'uniq', 'ckey', 'climit', 'pn')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -164,6 +164,17 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     end
     -- anything else is an index entry whose record is gone or moved on: dropped by the pop
   end
+end
+
+-- A payload stored in pieces (see enqueue.lua), joined again.
+local function whole_payload(key, first, pieces)
+  pieces = tonumber(pieces)
+  if not pieces then return first end
+  local names = {}
+  for j = 2, pieces do names[#names + 1] = 'p' .. j end
+  local rest = redis.call('HMGET', key, unpack(names))
+  for j = 1, #rest do rest[j] = rest[j] or '' end
+  return first .. table.concat(rest)
 end
 
 local leased, to_run, run_ids = {}, {}, {}
@@ -191,7 +202,7 @@ if #picked > 0 then
     local base = #leased -- 13 entries per task
     leased[base + 1] = ulid
     leased[base + 2] = f[4]
-    leased[base + 3] = f[5]
+    leased[base + 3] = whole_payload(key, f[5], f[19])
     leased[base + 4] = f[6]
     leased[base + 5] = f[7]
     leased[base + 6] = attempt
