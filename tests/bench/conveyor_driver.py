@@ -37,9 +37,9 @@ def _signature(task: str, i: int, args: Any) -> Signature:
 
 def enqueue(args: Any) -> dict[str, Any]:
     if args.mode == "async":
-        return asyncio.run(_enqueue_async(args))
+        return asyncio.run(_enqueue_async(args, 1, args.inflight))
     if args.mode == "batch-async":
-        return asyncio.run(_enqueue_batches_async(args))
+        return asyncio.run(_enqueue_async(args, args.batch, args.batch_inflight))
     with Client(args.target, timeout=60) as client:
         client.enqueue(_signature(args.task, -1, args))  # connect before the clock starts
         if args.mode == "single":
@@ -54,35 +54,10 @@ def enqueue(args: Any) -> dict[str, Any]:
     return out
 
 
-async def _enqueue_async(args: Any) -> dict[str, Any]:
-    """`inflight` coroutines submitting one task per call on one AsyncClient."""
-    async with AsyncClient(args.target, timeout=60) as client:
-        await client.enqueue(_signature(args.task, -1, args))
-        cap = args.max_seconds if args.max_seconds > 0 else float("inf")
-        next_index = 0
-        started = time.perf_counter()
-
-        cpu_before = common.own_cpu()
-
-        async def submitter() -> None:
-            nonlocal next_index
-            while next_index < args.n and time.perf_counter() - started < cap:
-                i = next_index
-                next_index += 1
-                await client.enqueue(_signature(args.task, i, args))
-
-        await asyncio.gather(*(submitter() for _ in range(args.inflight)))
-        seconds = time.perf_counter() - started
-        cpu_after = common.own_cpu()
-    done = min(next_index, args.n)
-    timed_cpu = cpu_after["user"] + cpu_after["sys"] - cpu_before["user"] - cpu_before["sys"]
-    return {"count": done + 1, "seconds": seconds, "rate": done / seconds, "inflight": args.inflight,
-            "timed_cpu": timed_cpu}
-
-
-async def _enqueue_batches_async(args: Any) -> dict[str, Any]:
-    """`batch_inflight` coroutines each submitting `batch` tasks per call on one AsyncClient: the
-    next batch is encoded while earlier ones are on the wire or in the broker."""
+async def _enqueue_async(args: Any, per_call: int, inflight: int) -> dict[str, Any]:
+    """`inflight` coroutines on one AsyncClient, each submitting `per_call` tasks per call (one
+    with `enqueue`, more with `enqueue_many`): later calls are encoded while earlier ones are on
+    the wire or in the broker."""
     async with AsyncClient(args.target, timeout=60) as client:
         await client.enqueue(_signature(args.task, -1, args))
         cap = args.max_seconds if args.max_seconds > 0 else float("inf")
@@ -93,16 +68,19 @@ async def _enqueue_batches_async(args: Any) -> dict[str, Any]:
         async def submitter() -> None:
             nonlocal next_index
             while next_index < args.n and time.perf_counter() - started < cap:
-                chunk = range(next_index, min(args.n, next_index + args.batch))
+                chunk = range(next_index, min(args.n, next_index + per_call))
                 next_index += len(chunk)
-                await client.enqueue_many([_signature(args.task, i, args) for i in chunk])
+                if per_call == 1:
+                    await client.enqueue(_signature(args.task, chunk[0], args))
+                else:
+                    await client.enqueue_many([_signature(args.task, i, args) for i in chunk])
 
-        await asyncio.gather(*(submitter() for _ in range(args.batch_inflight)))
+        await asyncio.gather(*(submitter() for _ in range(inflight)))
         seconds = time.perf_counter() - started
         cpu_after = common.own_cpu()
     done = min(next_index, args.n)
     timed_cpu = cpu_after["user"] + cpu_after["sys"] - cpu_before["user"] - cpu_before["sys"]
-    return {"count": done + 1, "seconds": seconds, "rate": done / seconds, "inflight": args.batch_inflight,
+    return {"count": done + 1, "seconds": seconds, "rate": done / seconds, "inflight": inflight,
             "timed_cpu": timed_cpu}
 
 
