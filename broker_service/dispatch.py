@@ -64,7 +64,7 @@ class Dispatcher:
             sessions = self._by_queue.get(queue, ())
             if kind in _WORK_KINDS:
                 for session in sessions:
-                    session.wake()
+                    session.wake(queue)
             elif kind in _SLOT_KINDS:
                 for session in sessions:
                     session.slot_freed(queue)

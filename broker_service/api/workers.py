@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -94,9 +95,16 @@ class WorkerSession:
         self._error: BaseException | None = None
         self._unsent: list[ws.Assignment] = []
         self._slot_waits: set[str] = set()  # queues at their max_running with tasks left
+        # Queues whose last lease found nothing left: a credit alone does not lease them again,
+        # a wake-up for the queue does (every script that fills `queued` publishes one).
+        self._empty: dict[str, float] = {}  # queue -> when its lease came back short (loop time)
+        self._wakes: dict[str, int] = defaultdict(int)  # wake-ups per queue, to spot one during a lease
 
     # Called from the dispatcher (event loop thread, never awaits).
-    def wake(self) -> None:
+    def wake(self, queue: str) -> None:
+        """Tasks may be ready in `queue`."""
+        self._wakes[queue] += 1
+        self._empty.pop(queue, None)
         self._wake.set()
 
     def slot_freed(self, queue: str) -> None:
@@ -204,9 +212,15 @@ class WorkerSession:
             for queue in self.queues:
                 if self._credits <= 0 or self._draining:
                     break
-                batch = await self._store.lease(queue, min(self._credits, MAX_PUSH), self.worker_id)
+                if clock.time() - self._empty.get(queue, -math.inf) < self._settings.poll_seconds:
+                    continue  # a lost wake-up costs at most one poll, as for an idle worker
+                wanted, wakes = min(self._credits, MAX_PUSH), self._wakes[queue]
+                batch = await self._store.lease(queue, wanted, self.worker_id)
                 leased, expired = batch.leased, batch.expired
                 retry_at = self._limited(queue, batch, retry_at, clock.time())
+                if (len(leased) < wanted and batch.retry_ms < 0 and not batch.slots_full
+                        and self._wakes[queue] == wakes):
+                    self._empty[queue] = clock.time()  # drained, and no wake-up came in meanwhile
                 if expired:
                     self._metrics.expired.labels(queue).inc(len(expired))
                 if not leased:
@@ -224,6 +238,8 @@ class WorkerSession:
                     assignments=[convert.assignment(task) for task in leased])))
             if not leased_any:
                 timeout = self._settings.poll_seconds
+                if self._empty:  # look at a drained queue again one poll after its lease came back short
+                    timeout = min(timeout, min(self._empty.values()) + timeout - clock.time())
                 if retry_at is not None:  # a rate limit's next token comes sooner than a wake-up
                     timeout = min(timeout, retry_at - clock.time())
                 if timeout > 0:
