@@ -24,6 +24,7 @@ from broker_service.domain import (
     FailOutcome,
     Failure,
     Lease,
+    LeasedTask,
     LeaseState,
     RedeliveryReason,
     TaskError,
@@ -214,37 +215,49 @@ class WorkerSession:
                     break
                 if clock.time() - self._empty.get(queue, -math.inf) < self._settings.poll_seconds:
                     continue  # a lost wake-up costs at most one poll, as for an idle worker
-                wanted, wakes = min(self._credits, MAX_PUSH), self._wakes[queue]
-                batch = await self._store.lease(queue, wanted, self.worker_id)
-                leased, expired = batch.leased, batch.expired
+                batch = await self._lease(queue)
                 retry_at = self._limited(queue, batch, retry_at, clock.time())
-                if (len(leased) < wanted and batch.retry_ms < 0 and not batch.slots_full
-                        and self._wakes[queue] == wakes):
-                    self._empty[queue] = clock.time()  # drained, and no wake-up came in meanwhile
-                if expired:
-                    self._metrics.expired.labels(queue).inc(len(expired))
-                if not leased:
+                if not batch.leased:
                     continue
                 if self._closed:
-                    self._unsent.extend(convert.assignment(task) for task in leased)
+                    self._unsent.extend(convert.assignment(task) for task in batch.leased)
                     return
                 leased_any = True
-                self._credits -= len(leased)
-                wait = self._metrics.wait_seconds.labels(queue)
-                for task in leased:
-                    self.held[task.task_id] = task.lease_token
-                    wait.observe(max(0, task.started_ms - task.queued_at_ms) / 1000)
-                self._outbox.put_nowait(ws.BrokerMessage(assignments=ws.Assignments(
-                    assignments=[convert.assignment(task) for task in leased])))
+                self._push(queue, batch.leased)
             if not leased_any:
-                timeout = self._settings.poll_seconds
-                if self._empty:  # look at a drained queue again one poll after its lease came back short
-                    timeout = min(timeout, min(self._empty.values()) + timeout - clock.time())
-                if retry_at is not None:  # a rate limit's next token comes sooner than a wake-up
-                    timeout = min(timeout, retry_at - clock.time())
+                timeout = self._idle_timeout(retry_at, clock.time())
                 if timeout > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _lease(self, queue: str) -> LeaseBatch:
+        """Leases up to the credits left; marks the queue drained when the lease came back short."""
+        wanted, wakes = min(self._credits, MAX_PUSH), self._wakes[queue]
+        batch = await self._store.lease(queue, wanted, self.worker_id)
+        if (len(batch.leased) < wanted and batch.retry_ms < 0 and not batch.slots_full
+                and self._wakes[queue] == wakes):  # no limit held tasks back, no wake-up came in meanwhile
+            self._empty[queue] = asyncio.get_running_loop().time()
+        if batch.expired:
+            self._metrics.expired.labels(queue).inc(len(batch.expired))
+        return batch
+
+    def _push(self, queue: str, leased: Sequence[LeasedTask]) -> None:
+        self._credits -= len(leased)
+        wait = self._metrics.wait_seconds.labels(queue)
+        for task in leased:
+            self.held[task.task_id] = task.lease_token
+            wait.observe(max(0, task.started_ms - task.queued_at_ms) / 1000)
+        self._outbox.put_nowait(ws.BrokerMessage(assignments=ws.Assignments(
+            assignments=[convert.assignment(task) for task in leased])))
+
+    def _idle_timeout(self, retry_at: float | None, now: float) -> float:
+        """How long to wait for a wake-up when nothing was leased."""
+        timeout = self._settings.poll_seconds
+        if self._empty:  # look at a drained queue again one poll after its lease came back short
+            timeout = min(timeout, min(self._empty.values()) + timeout - now)
+        if retry_at is not None:  # a rate limit's next token comes sooner than a wake-up
+            timeout = min(timeout, retry_at - now)
+        return timeout
 
     def _limited(self, queue: str, batch: LeaseBatch, retry_at: float | None, now: float) -> float | None:
         """Notes what the queue's limits held back; answers the earliest time to lease again."""
