@@ -24,6 +24,7 @@ class Dispatcher:
 
     def __init__(self, hub: EventHub, metrics: Metrics) -> None:
         self._hub = hub
+        self.ends = hub.ends
         self._metrics = metrics
         self._sessions: set[WorkerSession] = set()
         self._by_queue: dict[str, set[WorkerSession]] = defaultdict(set)

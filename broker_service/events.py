@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from broker_service.domain import TaskRecord
 from broker_service.loops import cancel_and_wait
 from broker_service.store.keys import GlobalKeys
 
@@ -24,6 +25,59 @@ Listener = Callable[[str, str], None]
 RESYNC = "resync"
 
 
+# Told a watched task's final record: (queue, ulid, record), or None when it could not be read
+# along with the write (the listener reads it itself).
+EndListener = Callable[[str, str, "TaskRecord | None"], None]
+
+
+class TaskEnds:
+    """Tasks somebody on this broker waits for, and a shortcut for their end.
+
+    A worker session that stores the outcome of a watched task reads its record in the same
+    script call and hands it over here, so the waiter answers without a second read. The
+    pub/sub event of that end may come first: a waiter skips it while `storing` says the
+    record is on its way (and reads the record itself if it is not, after all).
+    """
+
+    def __init__(self) -> None:
+        self._watchers: dict[tuple[str, str], list[EndListener]] = {}
+        self._storing: Counter[tuple[str, str]] = Counter()
+
+    def watch(self, queue: str, ulid: str, listener: EndListener) -> None:
+        self._watchers.setdefault((queue, ulid), []).append(listener)
+
+    def unwatch(self, queue: str, ulid: str, listener: EndListener) -> None:
+        listeners = self._watchers.get((queue, ulid))
+        if listeners is not None and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self._watchers[(queue, ulid)]
+
+    def watched(self, queue: str, ulids: Iterable[str]) -> list[str]:
+        """Those of `ulids` somebody waits for."""
+        watchers = self._watchers
+        return [ulid for ulid in ulids if (queue, ulid) in watchers] if watchers else []
+
+    def storing(self, queue: str, ulids: Iterable[str]) -> None:
+        """The outcomes of these watched tasks are being stored; `stored` follows for each."""
+        self._storing.update((queue, ulid) for ulid in ulids)
+
+    def is_storing(self, queue: str, ulid: str) -> bool:
+        return (queue, ulid) in self._storing
+
+    def stored(self, queue: str, ulid: str, record: TaskRecord | None) -> None:
+        """Tells the watchers of a task the record its outcome left (terminal), or None."""
+        key = (queue, ulid)
+        self._storing[key] -= 1
+        if self._storing[key] <= 0:
+            del self._storing[key]
+        for listener in list(self._watchers.get(key, ())):
+            try:
+                listener(queue, ulid, record)
+            except Exception:
+                log.exception("task end listener failed")
+
+
 class EventHub:
     """Subscribes once (PSUBSCRIBE on every queue's events channel) and calls listeners per queue."""
 
@@ -35,6 +89,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._any: set[AnyListener] = set()
+        self.ends = TaskEnds()
 
     def add(self, queue: str, listener: Listener) -> None:
         self._listeners[queue].add(listener)

@@ -22,7 +22,7 @@ from google.rpc import status_pb2
 
 from broker_service.api import convert, validate
 from broker_service.api.errors import ApiError, from_exception, invalid_argument, not_found, unavailable
-from broker_service.domain import NewTask
+from broker_service.domain import NewTask, TaskRecord
 from broker_service.events import RESYNC, EventHub
 from broker_service.metrics import Metrics
 from broker_service.store.store import Store
@@ -282,7 +282,10 @@ class ClientSession:
         wait = _Wait(call_id, queue, ulid, due=seconds <= 0)
         if not wait.due:
             wait.timer = asyncio.get_running_loop().call_later(seconds, self._deadline, wait)
-        waits.by_ulid.setdefault(ulid, []).append(wait)
+        if ulid not in waits.by_ulid:
+            waits.by_ulid[ulid] = []
+            self._owner.hub.ends.watch(queue, ulid, self._ended)
+        waits.by_ulid[ulid].append(wait)
         self._read_later(queue, [ulid])  # the task may have ended already
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll(), name="session-poll")
@@ -294,10 +297,23 @@ class ClientSession:
                 return
             if kind == RESYNC:
                 self._read_later(queue, list(waits.by_ulid))
-            elif kind in _TERMINAL_EVENTS:
-                self._read_later(queue, [u for u in ulids.split() if u in waits.by_ulid])
+            elif kind in _TERMINAL_EVENTS:  # an end stored here comes with its record: no read
+                ends = self._owner.hub.ends
+                self._read_later(queue, [u for u in ulids.split()
+                                         if u in waits.by_ulid and not ends.is_storing(queue, u)])
 
         return on_event
+
+    def _ended(self, queue: str, ulid: str, record: TaskRecord | None) -> None:
+        """A worker session of this broker stored the task's end: answer without a read."""
+        if record is None:
+            self._read_later(queue, [ulid])
+            return
+        waits = self._pop_waits(queue, ulid, _every)
+        if waits:
+            message = convert.task(record)
+            for wait in waits:
+                self._answer(wait.call_id, task=message)
 
     def _deadline(self, wait: _Wait) -> None:
         wait.due, wait.timer = True, None
@@ -350,6 +366,7 @@ class ClientSession:
             waits.by_ulid[ulid] = left
         else:
             del waits.by_ulid[ulid]
+            self._owner.hub.ends.unwatch(queue, ulid, self._ended)
         for wait in chosen:
             if wait.timer is not None:
                 wait.timer.cancel()
@@ -360,7 +377,8 @@ class ClientSession:
     def _drop_queue(self, queue: str) -> None:
         waits = self._waits.pop(queue)
         self._owner.hub.remove(queue, waits.listener)
-        for same in waits.by_ulid.values():
+        for ulid, same in waits.by_ulid.items():
+            self._owner.hub.ends.unwatch(queue, ulid, self._ended)
             for wait in same:
                 if wait.timer is not None:
                     wait.timer.cancel()

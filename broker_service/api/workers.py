@@ -28,6 +28,7 @@ from broker_service.domain import (
     LeaseState,
     RedeliveryReason,
     TaskError,
+    TaskRecord,
     parse_task_id,
 )
 from broker_service.metrics import Metrics
@@ -324,7 +325,15 @@ class WorkerSession:
         if kind == "success":
             completions = [Completion(u, outcomes[i].lease_token, outcomes[i].success.payload,
                                       outcomes[i].success.content_type) for i, u in group]
-            run_ms = await self._store.complete(queue, completions)
+            ends = self._dispatcher.ends
+            watched = ends.watched(queue, [u for _, u in group])  # waited for here: read back at once
+            records: list[TaskRecord | None] = [None] * len(watched)
+            ends.storing(queue, watched)
+            try:
+                run_ms, records = await self._store.complete_and_read(queue, completions, watched)
+            finally:
+                for ulid, record in zip(watched, records, strict=True):
+                    ends.stored(queue, ulid, record if record is not None and record.state.terminal else None)
             accepted = [ms is not None for ms in run_ms]
             m.completed.labels(queue).inc(sum(accepted))
             histogram = m.run_seconds.labels(queue)

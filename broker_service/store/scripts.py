@@ -155,11 +155,15 @@ class Scripts:
             args += [lease.ulid, lease.token]
         return list(await self.run("extend", script_keys("extend", queue), args))
 
-    async def complete(self, queue: QueueKeys, items: Sequence[Completion]) -> list[int]:
-        args: list[Arg] = []
+    async def complete(self, queue: QueueKeys, items: Sequence[Completion],
+                       read: Sequence[str] = ()) -> tuple[list[int], list[Any]]:
+        """The script's answer per item, and the hashes of `read` (ulids) as it left them."""
+        args: list[Arg] = [" ".join(read)]
         for item in items:
             args += [item.ulid, item.token, item.result, item.content_type]
-        return list(await self.run("complete", script_keys("complete", queue), args))
+        answers = list(await self.run("complete", script_keys("complete", queue), args))
+        hashes = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in answers[len(items):]]
+        return answers[:len(items)], hashes
 
     async def fail(self, queue: QueueKeys, items: Sequence[Failure], random_fractions: Sequence[float],
                    dead_letter_ttl_ms: int, dead_letter_max: int) -> list[bytes]:

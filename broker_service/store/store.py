@@ -229,10 +229,17 @@ class Store:
         the same token after success answers the run time again (idempotent), never a second
         write. Publishes `succeeded`.
         """
+        return (await self.complete_and_read(queue, items, []))[0]
+
+    async def complete_and_read(self, queue: str, items: list[Completion],
+                                read: list[str]) -> tuple[list[int | None], list[TaskRecord | None]]:
+        """`complete`, and the records of `read` (ulids) as it left them, in the same round trip
+        (None for a record that is gone)."""
         if not items:
-            return []
-        answers = await self.scripts.complete(self.queue_keys(queue), items)
-        return [None if a < 0 else int(a) for a in answers]
+            return [], [None] * len(read)
+        answers, hashes = await self.scripts.complete(self.queue_keys(queue), items, read)
+        return ([None if a < 0 else int(a) for a in answers],
+                [record_from_hash(ulid, queue, raw) if raw else None for ulid, raw in zip(read, hashes, strict=True)])
 
     async def fail(self, queue: str, items: list[Failure], random_fractions: list[float]) -> list[FailOutcome]:
         """Records failed attempts (fail.lua).

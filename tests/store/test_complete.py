@@ -104,3 +104,22 @@ def test_complete_of_a_batch_answers_per_item_and_publishes_once(harness: StoreH
 
     assert answers[0] is not None and answers[1] is None and answers[2] is not None
     assert events.take(1) == [event("succeeded", [a.ulid, b.ulid])]
+
+
+def test_complete_and_read_answers_the_records_as_the_call_left_them(harness: StoreHarness) -> None:
+    first, stale = harness.running(2)
+    result = bytes(range(200))  # stored in pieces: the record read back has it whole
+    gone = "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+
+    run_ms, records = harness.run(harness.store.complete_and_read(
+        harness.queue, [_done(first, result, "application/octet-stream"), Completion(stale.ulid, 99, b"", "")],
+        [first.ulid, stale.ulid, gone]))
+
+    assert run_ms[0] is not None and run_ms[1] is None
+    done, untouched, missing = records
+    assert done is not None and done.state is TaskState.SUCCEEDED
+    assert done.result == result and done.result_content_type == "application/octet-stream"
+    assert done.finished_ms == int(harness.dump()["tasks"][first.ulid]["finished"])
+    assert untouched is not None and untouched.state is TaskState.RUNNING  # a stale token wrote nothing
+    assert missing is None
+    assert harness.run(harness.store.complete_and_read(harness.queue, [], [first.ulid])) == ([], [None])

@@ -11,7 +11,9 @@
 -- KEYS[9] uniq_prefix  prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 -- KEYS[10] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
 --
--- ARGV[1..] 4 per item:
+-- ARGV[1] read       string   ulids, space separated, whose hashes to answer as this call leaves
+--   them ('' = none): a waiter on the calling broker gets the result without another round trip
+-- ARGV[2..] 4 per item:
 --   ulid    string  the task's ulid
 --   token   int     the lease token presented
 --   result  bytes   result payload ('' = none, stored absent; a long one in pieces, see below)
@@ -19,7 +21,8 @@
 --
 -- Returns: array, one integer per item: the attempt's run time in ms, or -1 when the token is
 --   stale. Completing again with the token of the success answers the run time again and
---   writes nothing. The record expires `ttl` ms after finishing.
+--   writes nothing. The record expires `ttl` ms after finishing. Then, per ulid of `read`, its
+--   hash as HGETALL answers it (an empty array when the record is gone).
 -- Limits: the task releases its unique key and its concurrency slot; the oldest task held back by
 --   its concurrency key goes back to `queued` in its old place.
 -- Publishes: `succeeded <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
@@ -35,6 +38,7 @@ local conc_prefix = KEYS[7]
 local held_prefix = KEYS[8]
 local uniq_prefix = KEYS[9]
 local wf_outbox = KEYS[10]
+local read = ARGV[1]
 
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
 local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
@@ -103,7 +107,7 @@ end
 
 local answers, done_ids, done_scores = {}, {}, {}
 local wf_done = {}
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local result = ARGV[i + 2]
@@ -143,4 +147,5 @@ if #wf_done > 0 then
   in_chunks('ZADD', wf_outbox, entries)
   redis.call('PUBLISH', events, 'workflow ' .. table.concat(wf_done, ' '))
 end
+for ulid in string.gmatch(read, '%S+') do answers[#answers + 1] = redis.call('HGETALL', task_prefix .. ulid) end
 return answers
