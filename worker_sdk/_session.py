@@ -140,20 +140,25 @@ class Outgoing(NamedTuple):
     heartbeat: list[LeaseKey] | None = None
 
 
-def batch_messages(batch: Batch, heartbeat: list[LeaseKey] | None) -> list[Outgoing]:
+def batch_messages(batch: Batch, heartbeat: list[LeaseKey] | None, *,
+                   outcome_credits: bool = False) -> list[Outgoing]:
     """One flush as messages: releases, credits, outcomes, progress, then the heartbeat.
 
     Releases go before credits so the broker never pushes a released task back on a credit
     granted with it; credits go before outcomes so the broker can lease the next tasks while
-    it stores the outcomes.
+    it stores the outcomes. A broker that reads `Outcomes.credits` (`outcome_credits`) gets
+    the credits in the first Outcomes message instead of one of their own.
     """
     messages = [Outgoing(wpb.WorkerMessage(release=wpb.Release(
         leases=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in release.leases],
         reason=release.reason, started=release.started))) for release in batch.releases]
-    if batch.credits:
+    outcomes = [Outgoing(outcomes_message(chunk), outcomes=[key for key, _ in chunk])
+                for chunk in _chunks(batch.outcomes)]
+    if batch.credits and outcomes and outcome_credits:
+        outcomes[0].message.outcomes.credits = batch.credits
+    elif batch.credits:
         messages.append(Outgoing(wpb.WorkerMessage(credit=wpb.Credit(credits=batch.credits))))
-    messages += [Outgoing(outcomes_message(chunk), outcomes=[key for key, _ in chunk])
-                 for chunk in _chunks(batch.outcomes)]
+    messages += outcomes
     if batch.progress:
         messages.append(Outgoing(wpb.WorkerMessage(progress=wpb.Progress(updates=[
             wpb.ProgressUpdate(task_id=t, lease_token=k, progress=fraction, message=message)
@@ -190,6 +195,7 @@ class Session:
         self._drain_grace = DRAIN_FLUSH_MAX
         self._last_received = time.monotonic()
         self._unanswered_since: float | None = None
+        self._outcome_credits = False  # the broker reads Outcomes.credits (told in Welcome)
 
     async def run(self) -> str:
         call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).Connect()
@@ -240,6 +246,7 @@ class Session:
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
             raise StreamBroken("the broker did not answer Hello with Welcome")
         welcome = first.welcome
+        self._outcome_credits = welcome.outcome_credits
         if self._heartbeat_override is None and welcome.HasField("heartbeat_interval"):
             self._interval = _seconds(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT
         self._statuses(welcome.claims, claims)
@@ -320,7 +327,8 @@ class Session:
             heartbeat = engine.running_leases() if self._heartbeat_due else None
             self._heartbeat_due = False
             try:
-                for message, outcomes, beat in batch_messages(batch, heartbeat):
+                for message, outcomes, beat in batch_messages(batch, heartbeat,
+                                                              outcome_credits=self._outcome_credits):
                     # Answers name no lease token: remember what each one answers, in order.
                     if outcomes is not None:
                         self._outcome_batches.append(outcomes)

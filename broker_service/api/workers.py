@@ -133,7 +133,8 @@ class WorkerSession:
         return ws.BrokerMessage(welcome=ws.Welcome(
             broker_id=self._settings.broker_id,
             heartbeat_interval=convert.duration(int(self._settings.heartbeat_seconds * 1000)),
-            claims=[ws.LeaseStatus(task_id=c.task_id, state=s) for c, s in zip(claims, states, strict=True)]))
+            claims=[ws.LeaseStatus(task_id=c.task_id, state=s) for c, s in zip(claims, states, strict=True)],
+            outcome_credits=True))
 
     async def run(self, requests: AsyncIterator[ws.WorkerMessage]) -> AsyncIterator[ws.BrokerMessage]:
         """Yields what to send until the worker closes its side or an error ends the session.
@@ -193,6 +194,9 @@ class WorkerSession:
                     ws.LeaseStatus(task_id=lease.task_id, state=state)
                     for lease, state in zip(message.heartbeat.leases, states, strict=True)])))
             elif kind == "outcomes":
+                if message.outcomes.credits:  # granted first, so the next lease overlaps this write
+                    self._credits = min(self._credits + message.outcomes.credits, self.concurrency)
+                    self._wake.set()
                 await self._outcomes(message.outcomes.outcomes)
             elif kind == "release":
                 await self._release(message.release)

@@ -72,6 +72,23 @@ def test_a_batch_is_written_as_releases_credits_outcomes_progress_then_heartbeat
         (None, None), (None, None), ([("b@q", 2), ("c@q", 3)], None), (None, None), (None, [("d@q", 4)])]
 
 
+def test_credits_ride_in_the_first_outcomes_message_when_the_broker_reads_them_there() -> None:
+    big = Succeeded(b"x" * (MAX_BATCH_BYTES // 2), "application/json")  # two Outcomes messages
+    batch = Batch(releases=[PendingRelease((("a@q", 1),), "nack", False)],
+                  outcomes=[(("b@q", 2), big), (("c@q", 3), big)], credits=3)
+
+    messages = [m.message for m in batch_messages(batch, heartbeat=None, outcome_credits=True)]
+
+    assert [m.WhichOneof("kind") for m in messages] == ["release", "outcomes", "outcomes"]
+    assert [m.outcomes.credits for m in messages[1:]] == [3, 0]
+    # Without outcomes, or for an older broker, credits keep their own message.
+    alone = batch_messages(Batch(credits=2), heartbeat=None, outcome_credits=True)
+    assert [m.message.credit.credits for m in alone] == [2]
+    older = [m.message for m in batch_messages(batch, heartbeat=None)]
+    assert [m.WhichOneof("kind") for m in older] == ["release", "credit", "outcomes", "outcomes"]
+    assert all(m.outcomes.credits == 0 for m in older[2:])
+
+
 def test_an_outcomes_message_matches_the_outcomes_built_one_by_one() -> None:
     results: list[Result] = [Succeeded(b"1", "application/json"),
                              Failed("ValueError", "m", "tb", retryable=False, retry_after=2.5),

@@ -26,7 +26,7 @@ from conveyor.v1 import task_pb2 as conveyor_dot_v1_dot_task__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n conveyor/v1/worker_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"0\n\x08LeaseRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\x8f\x02\n\rWorkerMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.conveyor.v1.CreditH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00\x12)\n\x08outcomes\x18\x04 \x01(\x0b\x32\x15.conveyor.v1.OutcomesH\x00\x12\'\n\x07release\x18\x05 \x01(\x0b\x32\x14.conveyor.v1.ReleaseH\x00\x12)\n\x08progress\x18\x06 \x01(\x0b\x32\x15.conveyor.v1.ProgressH\x00\x42\x06\n\x04kind\"\xa6\x01\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\r\x12%\n\x06\x63laims\x18\x05 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x0b\n\x03sdk\x18\x08 \x01(\t\"\x19\n\x06\x43redit\x12\x0f\n\x07\x63redits\x18\x01 \x01(\r\"2\n\tHeartbeat\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\"\xb8\x01\n\x07Outcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\'\n\x07success\x18\x03 \x01(\x0b\x32\x14.conveyor.v1.SuccessH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.conveyor.v1.FailureH\x00\x12+\n\tcancelled\x18\x05 \x01(\x0b\x32\x16.conveyor.v1.CancelledH\x00\x42\x08\n\x06result\"0\n\x07Success\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"`\n\x07\x46\x61ilure\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.conveyor.v1.TaskError\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x0b\n\tCancelled\"2\n\x08Outcomes\x12&\n\x08outcomes\x18\x01 \x03(\x0b\x32\x14.conveyor.v1.Outcome\"Q\n\x07Release\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x08\"Y\n\x0eProgressUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\"8\n\x08Progress\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.conveyor.v1.ProgressUpdate\"\xaa\x02\n\rBrokerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.AssignmentsH\x00\x12*\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.CancelTasksH\x00\x12\x34\n\x0elease_statuses\x18\x04 \x01(\x0b\x32\x1a.conveyor.v1.LeaseStatusesH\x00\x12\x30\n\x0coutcome_acks\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.OutcomeAcksH\x00\x12#\n\x05\x64rain\x18\x06 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00\x42\x06\n\x04kind\"}\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x06\x63laims\x18\x03 \x03(\x0b\x32\x18.conveyor.v1.LeaseStatus\"\xd4\x03\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x35\n\x07headers\x18\x06 \x03(\x0b\x32$.conveyor.v1.Assignment.HeadersEntry\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12\x13\n\x0blease_token\x18\t \x01(\x04\x12\x31\n\x0elease_duration\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eparent_results\x18\x0c \x03(\x0b\x32\x19.conveyor.v1.ParentResult\x12\x32\n\x0eresult_passing\x18\r \x01(\x0e\x32\x1a.conveyor.v1.ResultPassing\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x0cParentResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.Assignment\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"F\n\x0bLeaseStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.conveyor.v1.LeaseState\";\n\rLeaseStatuses\x12*\n\x08statuses\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.LeaseStatus\"I\n\nOutcomeAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.conveyor.v1.OutcomeStatus\"4\n\x0bOutcomeAcks\x12%\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.OutcomeAck\"A\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*z\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x01\x12\x15\n\x11LEASE_STATE_STALE\x10\x02\x12 \n\x1cLEASE_STATE_CANCEL_REQUESTED\x10\x03*f\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17OUTCOME_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14OUTCOME_STATUS_STALE\x10\x02\x32V\n\rWorkerService\x12\x45\n\x07\x43onnect\x12\x1a.conveyor.v1.WorkerMessage\x1a\x1a.conveyor.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n conveyor/v1/worker_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"0\n\x08LeaseRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\x8f\x02\n\rWorkerMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.conveyor.v1.CreditH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00\x12)\n\x08outcomes\x18\x04 \x01(\x0b\x32\x15.conveyor.v1.OutcomesH\x00\x12\'\n\x07release\x18\x05 \x01(\x0b\x32\x14.conveyor.v1.ReleaseH\x00\x12)\n\x08progress\x18\x06 \x01(\x0b\x32\x15.conveyor.v1.ProgressH\x00\x42\x06\n\x04kind\"\xa6\x01\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\r\x12%\n\x06\x63laims\x18\x05 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x0b\n\x03sdk\x18\x08 \x01(\t\"\x19\n\x06\x43redit\x12\x0f\n\x07\x63redits\x18\x01 \x01(\r\"2\n\tHeartbeat\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\"\xb8\x01\n\x07Outcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\'\n\x07success\x18\x03 \x01(\x0b\x32\x14.conveyor.v1.SuccessH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.conveyor.v1.FailureH\x00\x12+\n\tcancelled\x18\x05 \x01(\x0b\x32\x16.conveyor.v1.CancelledH\x00\x42\x08\n\x06result\"0\n\x07Success\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"`\n\x07\x46\x61ilure\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.conveyor.v1.TaskError\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x0b\n\tCancelled\"C\n\x08Outcomes\x12&\n\x08outcomes\x18\x01 \x03(\x0b\x32\x14.conveyor.v1.Outcome\x12\x0f\n\x07\x63redits\x18\x02 \x01(\r\"Q\n\x07Release\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x08\"Y\n\x0eProgressUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\"8\n\x08Progress\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.conveyor.v1.ProgressUpdate\"\xaa\x02\n\rBrokerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00\x12/\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.AssignmentsH\x00\x12*\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.CancelTasksH\x00\x12\x34\n\x0elease_statuses\x18\x04 \x01(\x0b\x32\x1a.conveyor.v1.LeaseStatusesH\x00\x12\x30\n\x0coutcome_acks\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.OutcomeAcksH\x00\x12#\n\x05\x64rain\x18\x06 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00\x42\x06\n\x04kind\"\x96\x01\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x06\x63laims\x18\x03 \x03(\x0b\x32\x18.conveyor.v1.LeaseStatus\x12\x17\n\x0foutcome_credits\x18\x04 \x01(\x08\"\xd4\x03\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x35\n\x07headers\x18\x06 \x03(\x0b\x32$.conveyor.v1.Assignment.HeadersEntry\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12\x13\n\x0blease_token\x18\t \x01(\x04\x12\x31\n\x0elease_duration\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eparent_results\x18\x0c \x03(\x0b\x32\x19.conveyor.v1.ParentResult\x12\x32\n\x0eresult_passing\x18\r \x01(\x0e\x32\x1a.conveyor.v1.ResultPassing\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x0cParentResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.Assignment\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"F\n\x0bLeaseStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.conveyor.v1.LeaseState\";\n\rLeaseStatuses\x12*\n\x08statuses\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.LeaseStatus\"I\n\nOutcomeAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.conveyor.v1.OutcomeStatus\"4\n\x0bOutcomeAcks\x12%\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.OutcomeAck\"A\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*z\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x01\x12\x15\n\x11LEASE_STATE_STALE\x10\x02\x12 \n\x1cLEASE_STATE_CANCEL_REQUESTED\x10\x03*f\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17OUTCOME_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14OUTCOME_STATUS_STALE\x10\x02\x32V\n\rWorkerService\x12\x45\n\x07\x43onnect\x12\x1a.conveyor.v1.WorkerMessage\x1a\x1a.conveyor.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNMENT_HEADERSENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_LEASESTATE']._serialized_start=2717
-  _globals['_LEASESTATE']._serialized_end=2839
-  _globals['_OUTCOMESTATUS']._serialized_start=2841
-  _globals['_OUTCOMESTATUS']._serialized_end=2943
+  _globals['_LEASESTATE']._serialized_start=2760
+  _globals['_LEASESTATE']._serialized_end=2882
+  _globals['_OUTCOMESTATUS']._serialized_start=2884
+  _globals['_OUTCOMESTATUS']._serialized_end=2986
   _globals['_LEASEREF']._serialized_start=105
   _globals['_LEASEREF']._serialized_end=153
   _globals['_WORKERMESSAGE']._serialized_start=156
@@ -58,37 +58,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELLED']._serialized_start=1012
   _globals['_CANCELLED']._serialized_end=1023
   _globals['_OUTCOMES']._serialized_start=1025
-  _globals['_OUTCOMES']._serialized_end=1075
-  _globals['_RELEASE']._serialized_start=1077
-  _globals['_RELEASE']._serialized_end=1158
-  _globals['_PROGRESSUPDATE']._serialized_start=1160
-  _globals['_PROGRESSUPDATE']._serialized_end=1249
-  _globals['_PROGRESS']._serialized_start=1251
-  _globals['_PROGRESS']._serialized_end=1307
-  _globals['_BROKERMESSAGE']._serialized_start=1310
-  _globals['_BROKERMESSAGE']._serialized_end=1608
-  _globals['_WELCOME']._serialized_start=1610
-  _globals['_WELCOME']._serialized_end=1735
-  _globals['_ASSIGNMENT']._serialized_start=1738
-  _globals['_ASSIGNMENT']._serialized_end=2206
-  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_start=2160
-  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_end=2206
-  _globals['_PARENTRESULT']._serialized_start=2208
-  _globals['_PARENTRESULT']._serialized_end=2292
-  _globals['_ASSIGNMENTS']._serialized_start=2294
-  _globals['_ASSIGNMENTS']._serialized_end=2353
-  _globals['_CANCELTASKS']._serialized_start=2355
-  _globals['_CANCELTASKS']._serialized_end=2386
-  _globals['_LEASESTATUS']._serialized_start=2388
-  _globals['_LEASESTATUS']._serialized_end=2458
-  _globals['_LEASESTATUSES']._serialized_start=2460
-  _globals['_LEASESTATUSES']._serialized_end=2519
-  _globals['_OUTCOMEACK']._serialized_start=2521
-  _globals['_OUTCOMEACK']._serialized_end=2594
-  _globals['_OUTCOMEACKS']._serialized_start=2596
-  _globals['_OUTCOMEACKS']._serialized_end=2648
-  _globals['_DRAIN']._serialized_start=2650
-  _globals['_DRAIN']._serialized_end=2715
-  _globals['_WORKERSERVICE']._serialized_start=2945
-  _globals['_WORKERSERVICE']._serialized_end=3031
+  _globals['_OUTCOMES']._serialized_end=1092
+  _globals['_RELEASE']._serialized_start=1094
+  _globals['_RELEASE']._serialized_end=1175
+  _globals['_PROGRESSUPDATE']._serialized_start=1177
+  _globals['_PROGRESSUPDATE']._serialized_end=1266
+  _globals['_PROGRESS']._serialized_start=1268
+  _globals['_PROGRESS']._serialized_end=1324
+  _globals['_BROKERMESSAGE']._serialized_start=1327
+  _globals['_BROKERMESSAGE']._serialized_end=1625
+  _globals['_WELCOME']._serialized_start=1628
+  _globals['_WELCOME']._serialized_end=1778
+  _globals['_ASSIGNMENT']._serialized_start=1781
+  _globals['_ASSIGNMENT']._serialized_end=2249
+  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_start=2203
+  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_end=2249
+  _globals['_PARENTRESULT']._serialized_start=2251
+  _globals['_PARENTRESULT']._serialized_end=2335
+  _globals['_ASSIGNMENTS']._serialized_start=2337
+  _globals['_ASSIGNMENTS']._serialized_end=2396
+  _globals['_CANCELTASKS']._serialized_start=2398
+  _globals['_CANCELTASKS']._serialized_end=2429
+  _globals['_LEASESTATUS']._serialized_start=2431
+  _globals['_LEASESTATUS']._serialized_end=2501
+  _globals['_LEASESTATUSES']._serialized_start=2503
+  _globals['_LEASESTATUSES']._serialized_end=2562
+  _globals['_OUTCOMEACK']._serialized_start=2564
+  _globals['_OUTCOMEACK']._serialized_end=2637
+  _globals['_OUTCOMEACKS']._serialized_start=2639
+  _globals['_OUTCOMEACKS']._serialized_end=2691
+  _globals['_DRAIN']._serialized_start=2693
+  _globals['_DRAIN']._serialized_end=2758
+  _globals['_WORKERSERVICE']._serialized_start=2988
+  _globals['_WORKERSERVICE']._serialized_end=3074
 # @@protoc_insertion_point(module_scope)

@@ -122,10 +122,12 @@ class Cancelled(_message.Message):
     def __init__(self) -> None: ...
 
 class Outcomes(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "credits")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+    credits: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., credits: _Optional[int] = ...) -> None: ...
 
 class Release(_message.Message):
     __slots__ = ("leases", "reason", "started")
@@ -172,14 +174,16 @@ class BrokerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[CancelTasks, _Mapping]] = ..., lease_statuses: _Optional[_Union[LeaseStatuses, _Mapping]] = ..., outcome_acks: _Optional[_Union[OutcomeAcks, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("broker_id", "heartbeat_interval", "claims")
+    __slots__ = ("broker_id", "heartbeat_interval", "claims", "outcome_credits")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_CREDITS_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     heartbeat_interval: _duration_pb2.Duration
     claims: _containers.RepeatedCompositeFieldContainer[LeaseStatus]
-    def __init__(self, broker_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., claims: _Optional[_Iterable[_Union[LeaseStatus, _Mapping]]] = ...) -> None: ...
+    outcome_credits: bool
+    def __init__(self, broker_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., claims: _Optional[_Iterable[_Union[LeaseStatus, _Mapping]]] = ..., outcome_credits: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("task_id", "queue", "name", "payload", "content_type", "headers", "attempt", "max_attempts", "lease_token", "lease_duration", "execution_timeout", "parent_results", "result_passing")
