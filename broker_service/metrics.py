@@ -51,6 +51,9 @@ class Metrics:
         self.held = Gauge("conveyor_queue_held_tasks",
                           "Ready tasks held back because their concurrency key is at its limit.",
                           ["queue"], registry=r)
+        self.handoffs = Counter("conveyor_submit_handoffs",
+                                "Submitted tasks leased to a worker of this broker in the submit's own store call.",
+                                ["queue"], registry=r)
         self.lease_deferrals = Counter("conveyor_lease_deferrals",
                                        "Lease calls that left ready tasks waiting because of a queue limit "
                                        "(rate, max_running).", ["queue", "limit"], registry=r)

@@ -126,7 +126,7 @@ class Broker:
             ("grpc.http2.max_pings_without_data", 0),
         ])
         self._tasks = TaskService(store, self._hub, self.metrics, limits, wait_poll_seconds=s.wait_poll_seconds,
-                                  client_sessions=s.client_sessions)
+                                  client_sessions=s.client_sessions, dispatcher=self._dispatcher)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(self._tasks, self._server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(store, self.metrics, self._dispatcher, session), self._server)

@@ -22,6 +22,7 @@ from google.rpc import status_pb2
 
 from broker_service.api import convert, validate
 from broker_service.api.errors import ApiError, from_exception, invalid_argument, not_found, unavailable
+from broker_service.dispatch import Dispatcher, enqueue
 from broker_service.domain import NewTask, TaskRecord
 from broker_service.events import RESYNC, EventHub
 from broker_service.metrics import Metrics
@@ -66,8 +67,9 @@ class Sessions:
     """Every client session of this broker: opening, the drain at shutdown, the gauge."""
 
     def __init__(self, store: Store, hub: EventHub, metrics: Metrics, limits: validate.Limits, *,
-                 wait_poll_seconds: float, enabled: bool = True) -> None:
+                 wait_poll_seconds: float, enabled: bool = True, dispatcher: Dispatcher | None = None) -> None:
         self.store = store
+        self.dispatcher = dispatcher
         self.hub = hub
         self.metrics = metrics
         self.limits = limits
@@ -247,7 +249,8 @@ class ClientSession:
             if queue not in self._owner.known_queues:
                 await self._store.register_queues([queue])
                 self._owner.known_queues.add(queue)
-            results = await self._store.enqueue(queue, [item.task for item in items])
+            results, handed = await enqueue(self._store, self._owner.dispatcher, queue,
+                                            [item.task for item in items])
         except Exception as exc:  # noqa: BLE001 - each call gets the mapped status
             error = from_exception(exc)
             for item in items:
@@ -267,11 +270,12 @@ class ClientSession:
             else:
                 self._outbox.append(ts.SessionReply(call_id=item.call_id, submitted=submitted))
                 self._ready.set()
-                self._wait(item.call_id, queue, result.ulid, item.wait_seconds)
+                # A task this call leased to a worker here cannot have ended yet: no first read.
+                self._wait(item.call_id, queue, result.ulid, item.wait_seconds, read=result.ulid not in handed)
 
     # --- waits: one listener per queue, a read when a task ends or a deadline passes ---------
 
-    def _wait(self, call_id: int, queue: str, ulid: str, seconds: float) -> None:
+    def _wait(self, call_id: int, queue: str, ulid: str, seconds: float, *, read: bool = True) -> None:
         if self._closed:
             return
         waits = self._waits.get(queue)
@@ -286,7 +290,8 @@ class ClientSession:
             waits.by_ulid[ulid] = []
             self._owner.hub.ends.watch(queue, ulid, self._ended)
         waits.by_ulid[ulid].append(wait)
-        self._read_later(queue, [ulid])  # the task may have ended already
+        if read:
+            self._read_later(queue, [ulid])  # the task may have ended already
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll(), name="session-poll")
 

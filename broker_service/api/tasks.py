@@ -15,6 +15,7 @@ from conveyor.v1 import task_service_pb2_grpc as ts_grpc
 from broker_service.api import convert, validate
 from broker_service.api.errors import invalid_argument, server_stream, unary
 from broker_service.api.sessions import Sessions
+from broker_service.dispatch import Dispatcher, enqueue
 from broker_service.domain import NewTask, TaskRecord, TaskState, make_task_id
 from broker_service.events import EventHub
 from broker_service.metrics import Metrics
@@ -29,10 +30,12 @@ class TaskService(ts_grpc.TaskServiceServicer):
     """conveyor.v1.TaskService."""
 
     def __init__(self, store: Store, hub: EventHub, metrics: Metrics, limits: validate.Limits,
-                 *, wait_poll_seconds: float, client_sessions: bool = True) -> None:
+                 *, wait_poll_seconds: float, client_sessions: bool = True,
+                 dispatcher: Dispatcher | None = None) -> None:
         self.sessions = Sessions(store, hub, metrics, limits, wait_poll_seconds=wait_poll_seconds,
-                                 enabled=client_sessions)
+                                 enabled=client_sessions, dispatcher=dispatcher)
         self._store = store
+        self._dispatcher = dispatcher
         self._hub = hub
         self._metrics = metrics
         self._limits = limits
@@ -47,9 +50,10 @@ class TaskService(ts_grpc.TaskServiceServicer):
         if new_queues:
             await self._store.register_queues(new_queues)
             self._known_queues.update(new_queues)
-        results = await asyncio.gather(*(self._store.enqueue(q, items) for q, items in by_queue.items()))
+        results = await asyncio.gather(*(enqueue(self._store, self._dispatcher, q, items)
+                                         for q, items in by_queue.items()))
         answers: dict[str, EnqueueResult] = {}  # by the submitted task's ulid
-        for (queue, items), queue_results in zip(by_queue.items(), results, strict=True):
+        for (queue, items), (queue_results, _) in zip(by_queue.items(), results, strict=True):
             self._metrics.enqueued.labels(queue).inc(sum(not r.duplicate for r in queue_results))
             for task, result in zip(items, queue_results, strict=True):
                 answers[task.ulid] = result

@@ -81,7 +81,7 @@ class WorkerSession:
 
     def __init__(self, hello: ws.Hello, store: Store, metrics: Metrics, dispatcher: Dispatcher,
                  settings: SessionSettings) -> None:
-        self.worker_id = hello.worker_id
+        self.worker_id: str = hello.worker_id
         self.queues = list(dict.fromkeys(hello.queues))
         self.concurrency = hello.concurrency
         self.held: dict[str, int] = {}  # task id -> lease token, for cancel routing
@@ -108,6 +108,31 @@ class WorkerSession:
         self._wakes[queue] += 1
         self._empty.pop(queue, None)
         self._wake.set()
+
+    @property
+    def spare(self) -> int:
+        """Credits a submit may take (none while the session drains or ends)."""
+        return 0 if self._closed or self._draining else self._credits
+
+    def take_credits(self, most: int) -> int:
+        """Takes up to `most` credits for a submit that leases for this worker (see handed)."""
+        taken = min(most, self.spare, MAX_PUSH)
+        self._credits -= taken
+        return taken
+
+    def handed(self, queue: str, credits: int, batch: LeaseBatch | None) -> None:
+        """What a submit leased with `credits` taken from this session: pushed now, the rest of
+        the credits given back. Leased after the stream ended: released at once."""
+        leased = batch.leased if batch is not None else []
+        self._credits += credits - len(leased)
+        if batch is not None and batch.expired:
+            self._metrics.expired.labels(queue).inc(len(batch.expired))
+        if leased and self._closed:
+            _background(self._release_unsent([convert.assignment(task) for task in leased]))
+        elif leased:
+            self._push(queue, leased)
+        if credits > len(leased):
+            self._wake.set()
 
     def slot_freed(self, queue: str) -> None:
         """A task of `queue` left running: lease again if the queue's max_running held us back."""
@@ -228,6 +253,7 @@ class WorkerSession:
                     self._unsent.extend(convert.assignment(task) for task in batch.leased)
                     return
                 leased_any = True
+                self._credits -= len(batch.leased)
                 self._push(queue, batch.leased)
             if not leased_any:
                 timeout = self._idle_timeout(retry_at, clock.time())
@@ -247,7 +273,6 @@ class WorkerSession:
         return batch
 
     def _push(self, queue: str, leased: Sequence[LeasedTask]) -> None:
-        self._credits -= len(leased)
         wait = self._metrics.wait_seconds.labels(queue)
         for task in leased:
             self.held[task.task_id] = task.lease_token

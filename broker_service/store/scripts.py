@@ -61,6 +61,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 Arg = str | bytes | int | float
+Call = tuple[str, list[str], list[Arg]]  # a script's name, KEYS and ARGV
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,41 @@ class Script:
 
 
 def read_scripts() -> dict[str, Script]:
-    """Reads every script named in SCRIPT_KEYS from the package's lua/ folder."""
+    """Reads every script named in SCRIPT_KEYS from the package's lua/ folder, and builds the
+    scripts composed of them (ENQUEUE_LEASE)."""
     folder = resources.files("broker_service.store").joinpath("lua")
     scripts = {}
     for name in SCRIPT_KEYS:
-        source = folder.joinpath(f"{name}.lua").read_bytes()
-        scripts[name] = Script(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+        scripts[name] = _script(name, folder.joinpath(f"{name}.lua").read_bytes())
+    scripts[ENQUEUE_LEASE] = _script(ENQUEUE_LEASE, b"".join((
+        b"-- enqueue.lua, then lease.lua for the same queue, in one call (built by scripts.py)\n",
+        b"local function enqueue(KEYS, ARGV)\n", scripts["enqueue"].source, b"\nend\n",
+        b"local function lease(KEYS, ARGV)\n", scripts["lease"].source, b"\nend\n",
+        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS))))
     return scripts
+
+
+def _script(name: str, source: bytes) -> Script:
+    return Script(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+
+
+# enqueue_lease: KEYS are enqueue's, then lease's; ARGV enqueue's (`quiet` set: no wake-up of
+# its own), then lease's. Tasks the lease left queued wake the queue's other workers. Answers
+# {enqueue's answer, lease's answer}.
+ENQUEUE_LEASE = "enqueue_lease"
+ENQUEUE_ARGS = 2
+_ENQUEUE_LEASE_MAIN = b"""
+local nk, na = %d, %d
+local k1, a1, k2, a2 = {}, {}, {}, {}
+for i = 1, nk do k1[i] = KEYS[i] end
+for i = nk + 1, #KEYS do k2[#k2 + 1] = KEYS[i] end
+for i = 1, na do a1[i] = ARGV[i] end
+for i = na + 1, #ARGV do a2[#a2 + 1] = ARGV[i] end
+local enqueued = enqueue(k1, a1)
+local leased = lease(k2, a2)
+if redis.call('ZCARD', k1[2]) > 0 then redis.call('PUBLISH', k1[5], 'wake') end
+return {enqueued, leased}
+"""
 
 
 def script_keys(name: str, queue: QueueKeys | ScheduleKeys | WorkflowKeys,
@@ -130,24 +159,18 @@ class Scripts:
     # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
 
     async def enqueue(self, queue: QueueKeys, tasks: Sequence[NewTask]) -> list[Any]:
-        rows = [
-            (task.ulid, task.name, task.payload,
-             "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
-             headers_to(task.headers) if task.headers else "", task.priority, (retry := task.retry).max_attempts,
-             retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
-             task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
-             task.start_timeout_ms,
-             task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
-             task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
-             " ".join(task.parent_ids), task.result_passing)
-            for task in tasks
-        ]
-        # Lua's cmsgpack reads raw strings only: bytes and text both go as raw (use_bin_type=False).
-        packed = msgpack.packb(rows, use_bin_type=False)
-        return list(await self.run("enqueue", script_keys("enqueue", queue), [packed]))
+        return list(await self.run(*enqueue_call(queue, tasks)))
 
     async def lease(self, queue: QueueKeys, count: int, worker_id: str) -> list[Any]:
-        return list(await self.run("lease", script_keys("lease", queue), [count, worker_id]))
+        return list(await self.run(*lease_call(queue, count, worker_id)))
+
+    async def enqueue_and_lease(self, queue: QueueKeys, tasks: Sequence[NewTask], count: int,
+                                worker_id: str) -> tuple[list[Any], list[Any]]:
+        """enqueue.lua, then lease.lua for `worker_id`, in one script call (ENQUEUE_LEASE)."""
+        _, enqueue_keys, enqueue_args = enqueue_call(queue, tasks, quiet=True)
+        _, lease_keys, lease_args = lease_call(queue, count, worker_id)
+        enqueued, leased = await self.run(ENQUEUE_LEASE, enqueue_keys + lease_keys, enqueue_args + lease_args)
+        return list(enqueued), list(leased)
 
     async def extend(self, queue: QueueKeys, worker_id: str, leases: Sequence[Lease]) -> list[int]:
         args: list[Arg] = [worker_id]
@@ -269,3 +292,25 @@ class Scripts:
         for ulid, presults in items:
             args += [ulid, presults]
         return list(await self.run("unblock", script_keys("unblock", queue), args))
+
+
+def enqueue_call(queue: QueueKeys, tasks: Sequence[NewTask], *, quiet: bool = False) -> Call:
+    """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task."""
+    rows = [
+        (task.ulid, task.name, task.payload,
+         "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
+         headers_to(task.headers) if task.headers else "", task.priority, (retry := task.retry).max_attempts,
+         retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
+         task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
+         task.start_timeout_ms,
+         task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
+         task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
+         " ".join(task.parent_ids), task.result_passing)
+        for task in tasks
+    ]
+    # Lua's cmsgpack reads raw strings only: bytes and text both go as raw (use_bin_type=False).
+    return "enqueue", script_keys("enqueue", queue), [msgpack.packb(rows, use_bin_type=False), "1" if quiet else ""]
+
+
+def lease_call(queue: QueueKeys, count: int, worker_id: str) -> Call:
+    return "lease", script_keys("lease", queue), [count, worker_id]

@@ -170,18 +170,16 @@ class Store:
         """
         if not tasks:
             return []
-        for task in tasks:
-            if task.queue != queue:
-                raise ValueError(f"task {task.ulid} belongs to queue {task.queue!r}, not {queue!r}")
-        flat = await self.scripts.enqueue(self.queue_keys(queue), tasks)
-        if len(flat) != 3 * len(tasks):
-            raise ValueError(f"enqueue answered {len(flat)} entries for {len(tasks)} tasks")
-        results = []
-        for i in range(0, len(flat), 3):
-            state, ulid, kind = text(flat[i]), text(flat[i + 1]), text(flat[i + 2])
-            results.append(EnqueueResult(ulid, TaskState.from_label(state) if state else None,
-                                         duplicate=bool(kind), duplicate_kind=kind))
-        return results
+        _check_queue(queue, tasks)
+        return _enqueued(await self.scripts.enqueue(self.queue_keys(queue), tasks), tasks)
+
+    async def enqueue_and_lease(self, queue: str, tasks: list[NewTask], count: int,
+                                worker_id: str) -> tuple[list[EnqueueResult], LeaseBatch]:
+        """`enqueue`, then `lease` of up to `count` tasks for `worker_id`, in one round trip:
+        how tasks submitted while a worker waits on this broker go straight to it."""
+        _check_queue(queue, tasks)
+        flat, reply = await self.scripts.enqueue_and_lease(self.queue_keys(queue), tasks, count, worker_id)
+        return _enqueued(flat, tasks), _lease_batch(queue, reply)
 
     async def get(self, queue: str, ulid: str) -> TaskRecord:
         """Reads one task (HGETALL). Raises TaskNotFoundError."""
@@ -206,9 +204,7 @@ class Store:
         """
         if count <= 0:
             return LeaseBatch([], [])
-        reply = await self.scripts.lease(self.queue_keys(queue), count, worker_id)
-        leased, expired = leased_from_reply(queue, reply)
-        return LeaseBatch(leased, expired, int(reply[3]), int(reply[4]) == 1)
+        return _lease_batch(queue, await self.scripts.lease(self.queue_keys(queue), count, worker_id))
 
     async def extend(self, queue: str, leases: list[Lease], worker_id: str) -> list[LeaseState]:
         """Renews leases (extend.lua); also the re-claim of a reconnecting worker.
@@ -657,3 +653,26 @@ def _decode_cursor(cursor: str, queue: str, state: TaskState) -> tuple[str, str]
     if not math.isfinite(number) or TASK_ID_PATTERN.fullmatch(f"{ulid}@{queue}") is None:
         raise ValueError("malformed cursor")
     return score, ulid
+
+
+def _check_queue(queue: str, tasks: list[NewTask]) -> None:
+    for task in tasks:
+        if task.queue != queue:
+            raise ValueError(f"task {task.ulid} belongs to queue {task.queue!r}, not {queue!r}")
+
+
+def _enqueued(flat: list[Any], tasks: list[NewTask]) -> list[EnqueueResult]:
+    """enqueue.lua's answer: three entries per task."""
+    if len(flat) != 3 * len(tasks):
+        raise ValueError(f"enqueue answered {len(flat)} entries for {len(tasks)} tasks")
+    results = []
+    for i in range(0, len(flat), 3):
+        state, ulid, kind = text(flat[i]), text(flat[i + 1]), text(flat[i + 2])
+        results.append(EnqueueResult(ulid, TaskState.from_label(state) if state else None,
+                                     duplicate=bool(kind), duplicate_kind=kind))
+    return results
+
+
+def _lease_batch(queue: str, reply: list[Any]) -> LeaseBatch:
+    leased, expired = leased_from_reply(queue, reply)
+    return LeaseBatch(leased, expired, int(reply[3]), int(reply[4]) == 1)

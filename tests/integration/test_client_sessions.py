@@ -368,6 +368,27 @@ def test_call_submits_and_returns_the_result_in_one_session_call(
     assert (calls("submit_and_wait"), calls("submit"), calls("wait")) == (before[0] + 5, before[1], before[2])
 
 
+def test_submits_go_straight_to_a_waiting_worker_and_its_credits_come_back(
+    fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str
+) -> None:
+    start_worker(queue_name, concurrency=2)
+
+    def handoffs() -> float:
+        return fast_broker.metric("conveyor_submit_handoffs_total", queue=queue_name)
+
+    with Client(fast_broker.address) as client:
+        # Many more than the worker's credits, one at a time: each one's credit must come back.
+        assert [client.call(add.s(i, 1).with_options(queue=queue_name), timeout=10) for i in range(12)] == \
+            [i + 1 for i in range(12)]
+        handed = handoffs()
+        assert handed >= 6  # most went straight to the idle worker (a few may race its credits)
+        # More at once than it has credits: two go to it, the rest wait in the queue for its credits.
+        handles = client.enqueue_many([add.s(i, 2).with_options(queue=queue_name) for i in range(10)])
+        assert [h.result(timeout=10) for h in handles] == [i + 2 for i in range(10)]
+        assert client.call(add.s(5, 5).with_options(queue=queue_name), timeout=10) == 10
+    assert handoffs() > handed
+
+
 def test_call_falls_back_to_submit_and_wait_on_a_broker_without_sessions(
     make_broker: MakeBroker, start_worker: StartWorker, queue_name: str
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from broker_service.domain import RetryPolicy, TaskState
+from broker_service.domain import QueueLimits, RetryPolicy, TaskState
 from tests.store.conftest import StoreHarness
 from tests.store.helpers import queued_score, redis_now_ms, without
 
@@ -192,3 +192,40 @@ def test_enqueue_of_a_large_batch_is_one_call(harness: StoreHarness) -> None:
 
     assert len(results) == 5_000
     assert harness.redis.zcard(harness.store.queue_keys(harness.queue).queued) == 5_000
+
+
+def test_enqueue_and_lease_leases_in_the_same_call_and_wakes_only_for_tasks_left(harness: StoreHarness) -> None:
+    events = harness.events()
+    older = harness.task(priority=1)
+    harness.enqueue(older)
+    assert events.take(1) == ["wake"]
+    first, second = harness.task(priority=9), harness.task()
+
+    results, batch = harness.run(harness.store.enqueue_and_lease(harness.queue, [first, second], 2, "w9"))
+
+    assert [r.state for r in results] == [TaskState.QUEUED, TaskState.QUEUED]  # as written, before the lease
+    assert [t.ulid for t in batch.leased] == [first.ulid, older.ulid]  # priority order, as any lease
+    assert all(t.attempt == 1 and t.lease_token > 0 for t in batch.leased)
+    dump = harness.dump()
+    assert dump["indexes"]["queued"] == [second.ulid]
+    assert sorted(dump["indexes"]["running"]) == sorted([first.ulid, older.ulid])
+    assert dump["tasks"][first.ulid]["worker"] == "w9"
+    assert events.take(2) == [f"running {first.ulid} {older.ulid}", "wake"]  # `second` is left: others wake
+
+    harness.lease()  # `second`: the queue is empty again
+    assert events.take(1) == [f"running {second.ulid}"]
+    last = harness.task()
+    _, batch = harness.run(harness.store.enqueue_and_lease(harness.queue, [last], 5, "w9"))
+    assert [t.ulid for t in batch.leased] == [last.ulid]
+    assert events.take(1) == [f"running {last.ulid}"]  # nothing left: no wake (a plain enqueue would wake)
+
+
+def test_enqueue_and_lease_keeps_the_queue_limits(harness: StoreHarness) -> None:
+    harness.run(harness.store.set_limits(harness.queue, QueueLimits(max_running=1)))
+    tasks = [harness.task(), harness.task()]
+
+    results, batch = harness.run(harness.store.enqueue_and_lease(harness.queue, tasks, 2, "w9"))
+
+    assert len(results) == 2 and [t.ulid for t in batch.leased] == [tasks[0].ulid]
+    assert batch.slots_full
+    assert harness.dump()["indexes"]["queued"] == [tasks[1].ulid]

@@ -39,6 +39,8 @@
 --   node           string  workflow node name ('' = none)
 --   parents        string  parent task ids, space separated ('' = none)
 --   rpass          int     how parents' results are handed over (ResultPassing, 0 = none)
+-- ARGV[2] quiet            string   '1': publish no `wake` (the caller leases at once and wakes
+--   others itself if tasks are left, see scripts.py ENQUEUE_LEASE); '' = publish it
 --
 -- Every key, id and number above is stored in the task hash under its entry name when it is not
 -- empty or 0 (a payload over 64 bytes in pieces: see `pieces` below) (`idem_ttl` is not stored); max, b_init, b_max, b_mult, lease and ttl only when they
@@ -58,7 +60,7 @@
 --   for a duplicate the holder's state, '' when its record is gone), ulid (the holder's for a
 --   duplicate), duplicate kind ('' = none, "idempotency" or "unique"). A ulid that already
 --   exists is left untouched and answers its current state (a retried enqueue is idempotent).
--- Publishes: `wake` when `queued` was empty before and now is not.
+-- Publishes: `wake` when `queued` was empty before and now is not (unless `quiet`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -70,6 +72,7 @@ local pending = KEYS[6]
 local idem_prefix = KEYS[7]
 local uniq_prefix = KEYS[8]
 local tasks = ARGV[1]
+local quiet = ARGV[2]
 
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
 local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
@@ -210,5 +213,5 @@ in_chunks('ZADD', queued, to_queue)
 in_chunks('ZADD', scheduled, to_schedule)
 in_chunks('ZADD', start_deadlines, to_start_by)
 in_chunks('ZADD', pending, to_pend)
-if was_empty and #to_queue > 0 then redis.call('PUBLISH', events, 'wake') end
+if was_empty and #to_queue > 0 and quiet ~= '1' then redis.call('PUBLISH', events, 'wake') end
 return answers
