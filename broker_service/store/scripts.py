@@ -84,7 +84,8 @@ def read_scripts() -> dict[str, Script]:
         b"-- enqueue.lua, then lease.lua for the same queue, in one call (built by scripts.py)\n",
         b"local function enqueue(KEYS, ARGV)\n", scripts["enqueue"].source, b"\nend\n",
         b"local function lease(KEYS, ARGV)\n", scripts["lease"].source, b"\nend\n",
-        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS))))
+        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS, SCRIPT_KEYS["enqueue"].index("queued") + 1,
+                               SCRIPT_KEYS["enqueue"].index("events") + 1))))
     return scripts
 
 
@@ -98,7 +99,7 @@ def _script(name: str, source: bytes) -> Script:
 ENQUEUE_LEASE = "enqueue_lease"
 ENQUEUE_ARGS = 2
 _ENQUEUE_LEASE_MAIN = b"""
-local nk, na = %d, %d
+local nk, na, queued, events = %d, %d, %d, %d
 local k1, a1, k2, a2 = {}, {}, {}, {}
 for i = 1, nk do k1[i] = KEYS[i] end
 for i = nk + 1, #KEYS do k2[#k2 + 1] = KEYS[i] end
@@ -106,7 +107,7 @@ for i = 1, na do a1[i] = ARGV[i] end
 for i = na + 1, #ARGV do a2[#a2 + 1] = ARGV[i] end
 local enqueued = enqueue(k1, a1)
 local leased = lease(k2, a2)
-if redis.call('ZCARD', k1[2]) > 0 then redis.call('PUBLISH', k1[5], 'wake') end
+if redis.call('ZCARD', k1[queued]) > 0 then redis.call('PUBLISH', k1[events], 'wake') end
 return {enqueued, leased}
 """
 

@@ -83,6 +83,10 @@ def test_scripts_are_reloaded_when_the_server_forgot_them(harness: StoreHarness)
     assert result.state is TaskState.QUEUED
     assert harness.redis.script_exists(harness.store.scripts._scripts["lease"].sha) == [True]
 
+    harness.redis.script_flush()  # the composed script too
+    [queued], batch = harness.run(harness.store.enqueue_and_lease(harness.queue, [harness.task()], 2, "w1"))
+    assert queued.state is TaskState.QUEUED and len(batch.leased) == 2
+
 
 def test_the_store_keeps_working_across_a_server_restart() -> None:
     server = RedisProcess()
