@@ -103,17 +103,25 @@ class TaskService(ts_grpc.TaskServiceServicer):
         deadline = None if budget is None else time.monotonic() + budget
 
         changed = asyncio.Event()
+        ends = self._hub.ends
+        handed: list[TaskRecord] = []  # the end a worker session here stored, read with its write
 
         def listener(kind: str, ulids: str) -> None:
-            if ulid in ulids or kind == "resync":
+            if (ulid in ulids and not ends.is_storing(queue, ulid)) or kind == "resync":
                 changed.set()
 
+        def ended(_queue: str, _ulid: str, record: TaskRecord | None) -> None:
+            if record is not None:
+                handed.append(record)
+            changed.set()
+
         self._hub.add(queue, listener)
+        ends.watch(queue, ulid, ended)
         try:
             last: tuple[Any, ...] | None = None
             while True:
                 changed.clear()
-                record = await self._store.get(queue, ulid)
+                record = handed.pop() if handed else await self._store.get(queue, ulid)
                 seen = _fingerprint(record)
                 if seen != last:
                     last = seen
@@ -130,6 +138,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
                     await asyncio.wait_for(changed.wait(), timeout)
         finally:
             self._hub.remove(queue, listener)
+            ends.unwatch(queue, ulid, ended)
 
     @unary
     async def CancelTask(self, request: ts.CancelTaskRequest, context: Context) -> ts.CancelTaskResponse:
