@@ -23,7 +23,13 @@ from conveyor.v1 import (
 from client_sdk import _convert, _queues, _schedules, _workflow
 from client_sdk._channel import channel_options
 from client_sdk._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, STREAM_SLACK, SUBMIT_ATTEMPTS, WAIT_RECONNECTS
-from client_sdk._errors import DeadlineExceededError, TaskTimeoutError, UnavailableError, from_rpc_error
+from client_sdk._errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    TaskTimeoutError,
+    UnavailableError,
+    from_rpc_error,
+)
 from client_sdk._models import TaskInfo, TaskState
 from client_sdk._queues import QueueInfo, QueueLimits
 from client_sdk._schedule_models import MissedTicks, ScheduleInfo, Trigger
@@ -128,6 +134,7 @@ class AsyncClient:
         self._admin_stub: Any = None
         # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
         self._sessions = AsyncSessionCalls(lambda: self._stub, timeout)
+        self._batch_templates = True  # False once the broker showed it predates template batches
 
     @property
     def _stub(self) -> Any:
@@ -215,9 +222,16 @@ class AsyncClient:
             UnavailableError: If the broker or its store could not be reached.
         """
         handles: builtins.list[AsyncTaskHandle] = []
-        for request in _convert.batch_requests(signatures):
-            response: task_service_pb2.BatchEnqueueTasksResponse = await self._call(
-                "BatchEnqueueTasks", request, timeout)
+        for request in _convert.batch_requests(signatures, templates=self._batch_templates):
+            try:
+                response: task_service_pb2.BatchEnqueueTasksResponse = await self._call(
+                    "BatchEnqueueTasks", request, timeout)
+            except InvalidArgumentError as exc:
+                if not _convert.needs_spelling_out(exc, request):
+                    _convert.name_batch_field(exc, request)
+                    raise
+                self._batch_templates = False  # a broker older than templates
+                response = await self._call("BatchEnqueueTasks", _convert.spelled_out(request), timeout)
             duplicates = list(response.duplicates) or [False] * len(response.task_ids)
             handles.extend(AsyncTaskHandle(task_id, self, duplicate)
                            for task_id, duplicate in zip(response.task_ids, duplicates, strict=True))

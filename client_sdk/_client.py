@@ -23,6 +23,7 @@ from client_sdk import _convert, _queues, _schedules, _workflow
 from client_sdk._channel import channel_options
 from client_sdk._errors import (
     DeadlineExceededError,
+    InvalidArgumentError,
     TaskTimeoutError,
     UnavailableError,
     from_rpc_error,
@@ -144,6 +145,7 @@ class Client:
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
         self._sessions = SyncSessionCalls(self._stub, timeout)
+        self._batch_templates = True  # False once the broker showed it predates template batches
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -221,9 +223,16 @@ class Client:
             UnavailableError: If the broker or its store could not be reached.
         """
         handles: builtins.list[TaskHandle] = []
-        for request in _convert.batch_requests(signatures):
-            response: task_service_pb2.BatchEnqueueTasksResponse = self._call(
-                self._stub.BatchEnqueueTasks, request, timeout)
+        for request in _convert.batch_requests(signatures, templates=self._batch_templates):
+            try:
+                response: task_service_pb2.BatchEnqueueTasksResponse = self._call(
+                    self._stub.BatchEnqueueTasks, request, timeout)
+            except InvalidArgumentError as exc:
+                if not _convert.needs_spelling_out(exc, request):
+                    _convert.name_batch_field(exc, request)
+                    raise
+                self._batch_templates = False  # a broker older than templates
+                response = self._call(self._stub.BatchEnqueueTasks, _convert.spelled_out(request), timeout)
             duplicates = list(response.duplicates) or [False] * len(response.task_ids)
             handles.extend(TaskHandle(task_id, self, duplicate)
                            for task_id, duplicate in zip(response.task_ids, duplicates, strict=True))

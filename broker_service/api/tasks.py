@@ -73,13 +73,21 @@ class TaskService(ts_grpc.TaskServiceServicer):
     @unary
     async def BatchEnqueueTasks(self, request: ts.BatchEnqueueTasksRequest,
                                 context: Context) -> ts.BatchEnqueueTasksResponse:
-        if not request.tasks:
+        has_template = request.HasField("template")
+        if request.payloads and not has_template:
+            raise invalid_argument("template", "required with payloads")
+        if has_template and not request.payloads:
+            raise invalid_argument("payloads", "at least one is required with a template")
+        count = len(request.tasks) + len(request.payloads)
+        if not count:
             raise invalid_argument("tasks", "at least one task is required")
-        if len(request.tasks) > self._limits.max_batch_size:
-            raise invalid_argument("tasks", f"{len(request.tasks)} tasks is over the limit of "
+        if count > self._limits.max_batch_size:
+            raise invalid_argument("tasks", f"{count} tasks is over the limit of "
                                    f"{self._limits.max_batch_size} per call")
         now = _now_ms()
         tasks = validate.task_specs(request.tasks, "tasks", self._limits, now)
+        if has_template:
+            tasks += validate.template_tasks(request.template, request.payloads, self._limits, now)
         results = await self._enqueue(tasks)
         return ts.BatchEnqueueTasksResponse(
             task_ids=[make_task_id(results[t.ulid].ulid, t.queue) for t in tasks],

@@ -148,21 +148,37 @@ def task_specs(specs: Sequence[ts.TaskSpec], path: str, limits: Limits, now_ms: 
     checked: dict[bytes, tuple[str, str, tuple[Any, ...]]] = {}
     shape = ts.TaskSpec()
     tasks = []
+    ulids = new_ulid.many(len(specs))
     for i, spec in enumerate(specs):
         shape.CopyFrom(spec)
         shape.ClearField("payload")
         key = shape.SerializeToString(deterministic=True)
         known = checked.get(key)
         if known is None:
-            task = task_spec(spec, f"{path}[{i}]", limits, now_ms)
+            task = task_spec(spec, f"{path}[{i}]", limits, now_ms, ulid=ulids[i])
             checked[key] = (task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS))
             tasks.append(task)
             continue
         payload = spec.payload
         _payload(payload, f"{path}[{i}]", limits)
         queue, name, shared = known
-        tasks.append(NewTask(new_ulid(), queue, name, payload, *shared))
+        tasks.append(NewTask(ulids[i], queue, name, payload, *shared))
     return tasks
+
+
+def template_tasks(template: ts.TaskSpec, payloads: Sequence[bytes], limits: Limits,
+                   now_ms: int) -> list[NewTask]:
+    """Checks the `template` and `payloads` of a BatchEnqueueTasksRequest: one task per payload."""
+    if template.payload:
+        raise invalid_argument("template.payload", "must be empty: `payloads` holds one per task")
+    task = task_spec(template, "template", limits, now_ms)
+    if max(map(len, payloads), default=0) > limits.max_payload_bytes:
+        i = next(i for i, payload in enumerate(payloads) if len(payload) > limits.max_payload_bytes)
+        raise invalid_argument(f"payloads[{i}]", f"{len(payloads[i])} bytes is over the limit of "
+                               f"{limits.max_payload_bytes} bytes")
+    queue, name, shared = task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS)
+    return [NewTask(ulid, queue, name, payload, *shared)
+            for ulid, payload in zip(new_ulid.many(len(payloads)), payloads, strict=True)]
 
 
 def _payload(payload: bytes, path: str, limits: Limits) -> None:
@@ -171,8 +187,9 @@ def _payload(payload: bytes, path: str, limits: Limits) -> None:
                                f"{limits.max_payload_bytes} bytes")
 
 
-def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewTask:
-    """Checks one TaskSpec and turns it into a NewTask; `path` prefixes field names ("task", "tasks[3]")."""
+def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int, *, ulid: str = "") -> NewTask:
+    """Checks one TaskSpec and turns it into a NewTask (with `ulid`, or a new one); `path`
+    prefixes field names ("task", "tasks[3]")."""
     queue = queue_name(spec.queue, f"{path}.queue")
     name = _name(spec.name, f"{path}.name")
     _payload(spec.payload, path, limits)
@@ -194,7 +211,7 @@ def task_spec(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int) -> NewT
     if spec.concurrency_limit > MAX_CONCURRENCY_LIMIT:
         raise invalid_argument(f"{path}.concurrency_limit", f"must be between 0 and {MAX_CONCURRENCY_LIMIT}")
     return NewTask(
-        ulid=new_ulid(),
+        ulid=ulid or new_ulid(),
         queue=queue,
         name=name,
         payload=spec.payload,

@@ -296,19 +296,26 @@ class Scripts:
 
 
 def enqueue_call(queue: QueueKeys, tasks: Sequence[NewTask], *, quiet: bool = False) -> Call:
-    """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task."""
-    rows = [
-        (task.ulid, task.name, task.payload,
-         "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
-         headers_to(task.headers) if task.headers else "", task.priority, (retry := task.retry).max_attempts,
-         retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
-         task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
-         task.start_timeout_ms,
-         task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
-         task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
-         " ".join(task.parent_ids), task.result_passing)
-        for task in tasks
-    ]
+    """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task, two entries
+    (ulid, payload) for a task whose other entries equal the task's before it."""
+    rows: list[tuple[Any, ...]] = []
+    last: tuple[Any, ...] = ()
+    for task in tasks:
+        retry = task.retry
+        shared = (
+            "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
+            headers_to(task.headers) if task.headers else "", task.priority, retry.max_attempts,
+            retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
+            task.timeout_ms, task.lease_ms, task.result_ttl_ms, task.run_at_ms or 0, task.delay_ms,
+            task.start_timeout_ms,
+            task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
+            task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
+            " ".join(task.parent_ids), task.result_passing, task.name)
+        if shared == last:
+            rows.append((task.ulid, task.payload))
+        else:
+            rows.append((task.ulid, task.name, task.payload, *shared[:-1]))
+            last = shared
     # Lua's cmsgpack reads raw strings only: bytes and text both go as raw (use_bin_type=False).
     return "enqueue", script_keys("enqueue", queue), [msgpack.packb(rows, use_bin_type=False), "1" if quiet else ""]
 

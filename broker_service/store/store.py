@@ -661,15 +661,24 @@ def _check_queue(queue: str, tasks: list[NewTask]) -> None:
             raise ValueError(f"task {task.ulid} belongs to queue {task.queue!r}, not {queue!r}")
 
 
+# A state label as a script answers it (bytes), and as text; b'' (a record already gone) has none.
+_STATES: dict[bytes | str, TaskState] = {
+    **{state.label: state for state in TaskState}, **{state.label.encode(): state for state in TaskState}}
+
+
 def _enqueued(flat: list[Any], tasks: list[NewTask]) -> list[EnqueueResult]:
-    """enqueue.lua's answer: three entries per task."""
-    if len(flat) != 3 * len(tasks):
+    """enqueue.lua's answer: one entry per task, a state label or, for a duplicate,
+    "<state> <holder ulid> <kind>"."""
+    if len(flat) != len(tasks):
         raise ValueError(f"enqueue answered {len(flat)} entries for {len(tasks)} tasks")
     results = []
-    for i in range(0, len(flat), 3):
-        state, ulid, kind = text(flat[i]), text(flat[i + 1]), text(flat[i + 2])
-        results.append(EnqueueResult(ulid, TaskState.from_label(state) if state else None,
-                                     duplicate=bool(kind), duplicate_kind=kind))
+    for answer, task in zip(flat, tasks, strict=True):
+        state = _STATES.get(answer)
+        if state is not None:
+            results.append(EnqueueResult(task.ulid, state))
+        else:
+            label, ulid, kind = text(answer).split(" ")
+            results.append(EnqueueResult(ulid, _STATES.get(label), True, kind))
     return results
 
 

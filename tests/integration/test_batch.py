@@ -80,3 +80,34 @@ def test_ten_thousand_tasks_in_one_batch_call_all_complete_with_their_results(
     infos = run_async(get_sample(), timeout=60)
     assert [(info.state, json.loads(info.result or b"null")) for info in infos] == \
         [(TaskState.SUCCEEDED, 2 * i) for i in sample]
+
+
+def test_a_template_batch_stores_one_task_per_payload_after_the_task_specs(
+    fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str
+) -> None:
+    def payload(i: int) -> bytes:
+        return json.dumps({"args": [i, 100]}).encode()
+
+    specs = [task_service_pb2.TaskSpec(queue=queue_name, name="worker_sdk.examples.add", payload=payload(i))
+             for i in range(2)]
+    template = task_service_pb2.TaskSpec(queue=queue_name, name="worker_sdk.examples.add", priority=5,
+                                         headers={"origin": "template"})
+    with grpc.insecure_channel(fast_broker.address) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        response = stub.BatchEnqueueTasks(task_service_pb2.BatchEnqueueTasksRequest(
+            tasks=specs, template=template, payloads=[payload(i) for i in range(2, 6)]), timeout=10)
+        ids = list(response.task_ids)
+        assert len(ids) == 6 and ids == sorted(ids) and list(response.duplicates) == [False] * 6
+
+        stored = [stub.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=5).task for i in ids]
+        assert [(t.priority, dict(t.headers)) for t in stored] == \
+            [(0, {})] * 2 + [(5, {"origin": "template"})] * 4
+        assert [json.loads(t.payload)["args"][0] for t in stored] == list(range(6))
+
+    start_worker(queue_name, concurrency=4)
+
+    async def results() -> list[object]:
+        async with AsyncClient(fast_broker.address, timeout=30) as client:
+            return list(await asyncio.gather(*(client.result(i, timeout=20) for i in ids)))
+
+    assert run_async(results(), timeout=60) == [100 + i for i in range(6)]

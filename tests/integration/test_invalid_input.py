@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from client_sdk import Client, InvalidArgumentError, TaskState
+from client_sdk import Client, InvalidArgumentError, Signature, TaskState, signature
 from tests.helpers import BrokerProcess
 from tests.integration.conftest import FAST_SETTINGS
 from tests.redis_process import RedisProcess
@@ -126,6 +126,12 @@ def _batch(specs: list[task_service_pb2.TaskSpec]) -> Callable[[task_service_pb2
     return lambda stub: stub.BatchEnqueueTasks(task_service_pb2.BatchEnqueueTasksRequest(tasks=specs), timeout=5)
 
 
+def _templated(template: task_service_pb2.TaskSpec | None, payloads: list[bytes],
+               specs: tuple[task_service_pb2.TaskSpec, ...] = ()) -> Callable[[Any], Any]:
+    request = task_service_pb2.BatchEnqueueTasksRequest(tasks=specs, template=template, payloads=payloads)
+    return lambda stub: stub.BatchEnqueueTasks(request, timeout=5)
+
+
 MALFORMED_IDS = [
     "",
     "not-a-task-id",
@@ -167,6 +173,13 @@ CASES: list[tuple[str, Callable[[task_service_pb2_grpc.TaskServiceStub], Any], s
     ("bad-task-in-the-middle-of-a-batch", _batch([_spec(), _spec(), _spec(), _spec(name=""), _spec()]),
      "tasks[3].name"),
     ("bad-queue-at-the-end-of-a-batch", _batch([_spec(), _spec(queue="a b")]), "tasks[1].queue"),
+    ("payloads-without-template", _templated(None, [b"{}"]), "template"),
+    ("template-without-payloads", _templated(_spec(payload=b""), []), "payloads"),
+    ("template-with-a-payload", _templated(_spec(), [b"{}"]), "template.payload"),
+    ("template-bad-priority", _templated(_spec(payload=b"", priority=10), [b"{}"]), "template.priority"),
+    ("template-payload-over-max", _templated(_spec(payload=b""), [b"{}", b"x" * (MAX_PAYLOAD + 1)]),
+     "payloads[1]"),
+    ("tasks-and-payloads-over-max-size", _templated(_spec(payload=b""), [b"{}"] * 3, (_spec(),) * 3), "tasks"),
     *((f"get-id-{i}", _get(bad), "task_id") for i, bad in enumerate(MALFORMED_IDS)),
     *((f"wait-id-{i}", _wait(bad), "task_id") for i, bad in enumerate(MALFORMED_IDS)),
     *((f"cancel-id-{i}", _cancel(bad), "task_id") for i, bad in enumerate(MALFORMED_IDS)),
@@ -179,6 +192,10 @@ CASES: list[tuple[str, Callable[[task_service_pb2_grpc.TaskServiceStub], Any], s
     ("list-malformed-page-token", _list(page_token="not a token"), "page_token"),
     ("list-page-token-of-another-state", _list(page_token="eyJ4IjogMX0="), "page_token"),
 ]
+
+
+def _add(x: object) -> Signature:
+    return signature("worker_sdk.examples.add", x, 1).with_options(queue=QUEUE)
 
 
 def _violations(error: grpc.RpcError) -> list[str]:
@@ -231,7 +248,11 @@ def test_a_rejected_batch_stores_none_of_its_good_tasks(
     (lambda c: c.wait("nope", timeout=2), "task_id"),
     (lambda c: c.cancel("nope"), "task_id"),
     (lambda c: list(c.list("a:b", TaskState.QUEUED)), "queue"),
-], ids=["submit-name", "submit-payload", "get", "wait", "cancel", "list-queue"])
+    # enqueue_many sends one task over many arguments as a template and payloads; the field is
+    # still named as the documented tasks[i].<field>
+    (lambda c: c.enqueue_many([_add(1), _add(2), _add("x" * MAX_PAYLOAD)]), "tasks[2].payload"),
+    (lambda c: c.enqueue_many([_add(1).with_options(queue="a b")] * 2), "tasks[0].queue"),
+], ids=["submit-name", "submit-payload", "get", "wait", "cancel", "list-queue", "batch-payload", "batch-queue"])
 def test_the_client_sdk_raises_invalid_argument_error_with_the_field(
     strict_broker: BrokerProcess, db: redis.Redis, action: Callable[[Client], Any], field: str
 ) -> None:

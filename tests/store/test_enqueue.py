@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import msgpack
 
 from broker_service.domain import QueueLimits, RetryPolicy, TaskState
+from broker_service.store.scripts import enqueue_call
 from tests.store.conftest import StoreHarness
 from tests.store.helpers import queued_score, redis_now_ms, without
 
@@ -137,6 +141,29 @@ def test_enqueue_of_a_mixed_batch_answers_each_task_in_order(harness: StoreHarne
 
     assert [(r.ulid, r.state) for r in results] == [
         (tasks[0].ulid, TaskState.QUEUED), (tasks[1].ulid, TaskState.SCHEDULED), (tasks[2].ulid, TaskState.QUEUED)]
+
+
+def test_enqueue_of_runs_of_like_tasks_stores_each_as_if_sent_alone(harness: StoreHarness) -> None:
+    like: dict[str, Any] = {"priority": 7, "lease_ms": 1000, "headers": {"h": "1"}}
+    tasks = [harness.task(payload=b"[1]", **like), harness.task(payload=b"x" * 100, **like),
+             harness.task(delay_ms=60_000), harness.task(**like),
+             harness.task(payload=b"[5]", idempotency_key="k", **like),
+             harness.task(payload=b"[6]", idempotency_key="k", **like)]
+    # A task like the one before it travels as a short row (ulid, payload): this batch has two.
+    _, _, args = enqueue_call(harness.store.queue_keys(harness.queue), tasks)
+    assert [len(row) for row in msgpack.unpackb(args[0])] == [27, 2, 27, 27, 27, 2]
+
+    results = harness.enqueue(*tasks)
+
+    assert [(r.ulid, r.state, r.duplicate) for r in results] == [
+        (tasks[0].ulid, TaskState.QUEUED, False), (tasks[1].ulid, TaskState.QUEUED, False),
+        (tasks[2].ulid, TaskState.SCHEDULED, False), (tasks[3].ulid, TaskState.QUEUED, False),
+        (tasks[4].ulid, TaskState.QUEUED, False), (tasks[4].ulid, TaskState.QUEUED, True)]
+    for task in tasks[:5]:
+        stored = harness.run(harness.store.get(harness.queue, task.ulid))
+        assert (stored.payload, stored.priority, stored.lease_ms, stored.headers, stored.idempotency_key) == \
+            (task.payload, task.priority, task.lease_ms, task.headers, task.idempotency_key)
+    assert harness.dump()["indexes"]["queued"] == [t.ulid for t in tasks if t.priority == 7][:4]
 
 
 def test_enqueue_with_start_timeout_indexes_the_deadline(harness: StoreHarness) -> None:

@@ -11,8 +11,8 @@ from conveyor.v1 import task_service_pb2 as ts
 from google.protobuf import duration_pb2
 
 from broker_service.api.errors import ApiError
-from broker_service.api.validate import Limits, task_spec, task_specs
-from broker_service.domain import new_ulid, parse_task_id
+from broker_service.api.validate import Limits, task_spec, task_specs, template_tasks
+from broker_service.domain import _crockford, _UlidFactory, new_ulid, parse_task_id
 
 LIMITS = Limits(max_payload_bytes=64, max_batch_size=100, lease_ms=30_000, result_ttl_ms=60_000, max_attempts=3)
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -66,3 +66,42 @@ def test_ulids_are_crockford_base32_of_the_time_then_randomness_and_sort_as_made
     ms = [int("".join(format(CROCKFORD.index(c), "05b") for c in u[:10]), 2) for u in (ids[0], ids[-1])]
     assert before <= ms[0] <= ms[1] <= after
     assert parse_task_id(f"{ids[0]}@q") == (ids[0], "q")
+
+
+def test_a_template_gives_every_field_but_the_payload_to_one_task_per_payload() -> None:
+    template = _spec(b"", priority=3, lease_duration=duration_pb2.Duration(seconds=5))
+    payloads = [b"[%d]" % i for i in range(50)]
+
+    tasks = template_tasks(template, payloads, LIMITS, now_ms=0)
+
+    assert [t.payload for t in tasks] == payloads
+    assert len({t.ulid for t in tasks}) == 50 and [t.ulid for t in tasks] == sorted(t.ulid for t in tasks)
+    alone = task_spec(_spec(b"[7]", priority=3, lease_duration=duration_pb2.Duration(seconds=5)), "task",
+                      LIMITS, now_ms=0)
+    assert dataclasses.replace(tasks[7], ulid=alone.ulid) == alone  # as if sent as a TaskSpec
+
+
+@pytest.mark.parametrize(("template", "payloads", "field"), [
+    (_spec(b"{}"), [b"[1]"], "template.payload"),
+    (_spec(b"", priority=10), [b"[1]"], "template.priority"),
+    (ts.TaskSpec(queue="q", name="has space"), [b"[1]"], "template.name"),
+    (_spec(b""), [b"[1]", b"[2]", b"x" * 65], "payloads[2]"),
+])
+def test_a_bad_template_or_payload_is_named(template: ts.TaskSpec, payloads: list[bytes], field: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        template_tasks(template, payloads, LIMITS, now_ms=0)
+
+    assert caught.value.metadata["field"] == field
+
+
+def test_ulids_made_many_at_once_are_encoded_and_ordered_like_single_ones() -> None:
+    factory = _UlidFactory()
+    ids = [*factory.many(3_000), factory(), *factory.many(2)]
+
+    assert all(len(u) == 26 and set(u) <= set(CROCKFORD) for u in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # Counting up carries from the low 40 random bits into the upper ones: same digits as one at a time.
+    ms = time.time_ns() // 1_000_000 + 60_000  # ahead of the clock, so `many` counts on from it
+    factory = _UlidFactory()
+    factory._last_ms, factory._last_rand, factory._prefix = ms, (5 << 40) - 3, _crockford(ms, 5)
+    assert factory.many(5) == [_crockford(ms, 5) + _crockford((5 << 40) - 2 + i, 8) for i in range(5)]

@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from client_sdk import (
     ConveyorError,
+    InvalidArgumentError,
     RemoteError,
     TaskCancelledError,
     TaskExpiredError,
@@ -26,8 +27,11 @@ from client_sdk._convert import (
     batch_requests,
     encode_arguments,
     is_json,
+    name_batch_field,
+    needs_spelling_out,
     outcome,
     signature_spec,
+    spelled_out,
     task_info,
     task_spec,
     terminal_or_timeout,
@@ -116,16 +120,55 @@ def test_enqueue_accepts_a_definition_a_signature_or_a_name() -> None:
 
 
 def test_batches_are_cut_at_the_task_limit() -> None:
-    requests = list(batch_requests([signature("t", i) for i in range(25)], max_tasks=10))
-    assert [len(r.tasks) for r in requests] == [10, 10, 5]
-    assert [json.loads(t.payload)["args"][0] for r in requests for t in r.tasks] == list(range(25))
+    sigs = [signature("t", i) for i in range(25)]
+    for requests in (list(batch_requests(sigs, max_tasks=10, templates=False)),
+                     [spelled_out(r) for r in batch_requests(sigs, max_tasks=10)]):
+        assert [len(r.tasks) for r in requests] == [10, 10, 5]
+        assert [json.loads(t.payload)["args"][0] for r in requests for t in r.tasks] == list(range(25))
+        assert {(t.name, t.queue) for r in requests for t in r.tasks} == {("t", "default")}
 
 
 def test_batches_are_cut_before_they_grow_too_large() -> None:
     sigs = [signature("t", "x" * 1000) for _ in range(10)]
-    requests = list(batch_requests(sigs, max_bytes=3500))
+    requests = list(batch_requests(sigs, max_bytes=3500, templates=False))
     assert [len(r.tasks) for r in requests] == [3, 3, 3, 1]
     assert all(r.ByteSize() < 3500 for r in requests)
+    requests = list(batch_requests(sigs, max_bytes=3500))
+    assert [len(r.payloads) for r in requests] == [3, 3, 3, 1]
+    assert all(r.ByteSize() < 3500 for r in requests)
+
+
+def test_one_task_over_many_arguments_travels_as_a_template_and_payloads() -> None:
+    sigs = [echo.s(i, tag="a") for i in range(25)]
+    requests = list(batch_requests(sigs, max_tasks=10))
+
+    assert [(len(r.tasks), len(r.payloads)) for r in requests] == [(0, 10), (0, 10), (0, 5)]
+    assert {(r.template.name, r.template.queue, r.template.payload) for r in requests} == {(echo.name, "q", b"")}
+    assert [json.loads(p) for r in requests for p in r.payloads] == \
+        [{"args": [i], "kwargs": {"tag": "a"}} for i in range(25)]
+    # The broker gets the same tasks as when each is sent as a TaskSpec.
+    spelled = [t for r in requests for t in spelled_out(r).tasks]
+    assert spelled == [t for r in batch_requests(sigs, max_tasks=10, templates=False) for t in r.tasks]
+
+
+def test_tasks_that_differ_in_more_than_arguments_travel_as_task_specs() -> None:
+    for sigs in ([echo.s(1), echo.s(2).with_options(priority=5)], [echo.s(1), signature("other", 2)]):
+        [request] = batch_requests(sigs)
+        assert len(request.tasks) == 2 and not request.payloads and not request.HasField("template")
+
+
+def test_a_templated_batch_fault_is_named_as_the_task_it_is_in() -> None:
+    [request] = batch_requests([echo.s(i) for i in range(3)])
+    for field, named in (("template.priority", "tasks[0].priority"), ("payloads[2]", "tasks[2].payload"),
+                         ("tasks", "tasks"), (None, None)):
+        error = InvalidArgumentError("bad", field=field)
+        name_batch_field(error, request)
+        assert error.field == named
+    # A broker that predates templates sees no task and names `tasks`: the batch is sent spelled out.
+    assert needs_spelling_out(InvalidArgumentError("no task", field="tasks"), request)
+    assert not needs_spelling_out(InvalidArgumentError("bad", field="payloads[1]"), request)
+    [plain] = batch_requests([echo.s(i) for i in range(3)], templates=False)
+    assert not needs_spelling_out(InvalidArgumentError("no task", field="tasks"), plain)
 
 
 def test_a_bad_argument_anywhere_fails_the_batch_before_any_request() -> None:

@@ -11,7 +11,9 @@
 --
 -- ARGV[1] tasks            msgpack  an array with one row per task: an array of the 27 entries
 --   below, in this order (strings as raw, numbers as numbers); one argument however many tasks,
---   which keeps a batch cheap to send and to read.
+--   which keeps a batch cheap to send and to read. A row of two entries {ulid, payload} is a task
+--   like the last full row before it but for those two: a batch of one task over many arguments
+--   sends (and this script reads and checks) its shared entries once.
 --   ulid           string  the task's ulid
 --   name           string  task name
 --   payload        bytes   opaque payload ('' = none, stored absent)
@@ -56,10 +58,10 @@
 -- holder too. A holder that no longer waits or runs does not count. Within one call the checks
 -- see the tasks written before, so the second of two tasks sharing a key is a duplicate.
 --
--- Returns: flat array, 3 entries per task: state label ("queued", "scheduled" or "pending";
---   for a duplicate the holder's state, '' when its record is gone), ulid (the holder's for a
---   duplicate), duplicate kind ('' = none, "idempotency" or "unique"). A ulid that already
---   exists is left untouched and answers its current state (a retried enqueue is idempotent).
+-- Returns: one entry per task, in order: its state label ("queued", "scheduled" or "pending"),
+--   or for a duplicate "<state> <holder ulid> <kind>" (state the holder's, '' when its record is
+--   gone; kind "idempotency" or "unique"). A ulid that already exists is left untouched and
+--   answers its current state (a retried enqueue is idempotent).
 -- Publishes: `wake` when `queued` was empty before and now is not (unless `quiet`).
 -- Errors: none.
 
@@ -141,6 +143,7 @@ end
 
 local was_empty = redis.call('ZCARD', queued) == 0
 local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
+local now_text = string.format('%d', now)
 
 -- Row entries a task hash keeps only when they differ from what their absent field means:
 -- {entry, field, absent}.
@@ -152,60 +155,77 @@ local OPTIONAL = {
   {27, 'rpass', 0},
 }
 
-for _, row in ipairs(cmsgpack.unpack(tasks)) do
-  local ulid = row[1]
-  local prio = tonumber(row[6])
-  local run_at = tonumber(row[15])
-  local delay = tonumber(row[16])
-  local start_timeout = tonumber(row[17])
-  local idem, idem_ttl, uniq = row[18], row[19], row[20]
-
-  local key = task_prefix .. ulid
-  local existing = redis.call('HGET', key, 'state')
-  local holder, held_state, kind
-  if not existing then holder, held_state, kind = taken(idem, idem_ttl, uniq) end
-  if existing then
-    answers[#answers + 1] = existing; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
-  elseif holder then
-    answers[#answers + 1] = held_state; answers[#answers + 1] = holder; answers[#answers + 1] = kind
+-- What a full row's task shares with the short rows after it, worked out once: state, due
+-- time, the index it goes to and its score there, and the record's fields after the payload.
+-- (Numbers go to Redis as decimal text made here once, not converted again per task.)
+local function shape_of(row)
+  local prio, run_at, delay, start_timeout = tonumber(row[6]), tonumber(row[15]), tonumber(row[16]), tonumber(row[17])
+  local due = now + delay
+  if run_at > 0 then due = run_at end
+  if due < now then due = now end
+  local shape = {name = row[2], due = string.format('%d', due), idem = row[18], idem_ttl = row[19],
+                 uniq = row[20], tail = {}}
+  shape.keyed = shape.idem ~= '' or shape.uniq ~= ''
+  local tail = shape.tail
+  for _, o in ipairs(OPTIONAL) do
+    local value, absent = row[o[1]], o[3]
+    if value ~= absent and tonumber(value) ~= absent then
+      tail[#tail + 1] = o[2]; tail[#tail + 1] = value
+    end
+  end
+  -- a workflow node waits pending, roots too: its workflow releases it once its record is written
+  if row[26] ~= '' or row[24] ~= '' then
+    shape.state, shape.index, shape.score = 'pending', to_pend, now_text
+    -- its delay and schedule-to-start timeout count from its release: kept for that
+    if delay > 0 then tail[#tail + 1] = 'delay'; tail[#tail + 1] = delay end
+    if start_timeout > 0 then tail[#tail + 1] = 'start_tmo'; tail[#tail + 1] = start_timeout end
+    return shape
+  end
+  if due > now then
+    shape.state, shape.index, shape.score = 'scheduled', to_schedule, shape.due
   else
-    local due = now + delay
-    if run_at > 0 then due = run_at end
-    if due < now then due = now end
-    local state = 'queued'
-    if due > now then state = 'scheduled' end
-    -- a workflow node waits pending, roots too: its workflow releases it once its record is written
-    local has_parents = row[26] ~= '' or row[24] ~= ''
-    if has_parents then state = 'pending' end
+    shape.state, shape.index, shape.score = 'queued', to_queue, string.format('%d', (9 - prio) * 1e13 + due)
+  end
+  if start_timeout > 0 then
+    shape.start_by = string.format('%d', due + start_timeout)
+    tail[#tail + 1] = 'start_by'; tail[#tail + 1] = shape.start_by
+  end
+  return shape
+end
 
-    local fields = {'state', state, 'name', row[2], 'created', now, 'due', due}
-    if row[3] ~= '' then put_pieces(fields, 'payload', 'p', 'pn', row[3]) end
-    for _, o in ipairs(OPTIONAL) do
-      local value, absent = row[o[1]], o[3]
-      if value ~= absent and tonumber(value) ~= absent then
-        fields[#fields + 1] = o[2]; fields[#fields + 1] = value
-      end
-    end
-    if has_parents then
-      -- its delay and schedule-to-start timeout count from its release: kept for that
-      if delay > 0 then fields[#fields + 1] = 'delay'; fields[#fields + 1] = delay end
-      if start_timeout > 0 then fields[#fields + 1] = 'start_tmo'; fields[#fields + 1] = start_timeout end
-    elseif start_timeout > 0 then
-      local start_by = due + start_timeout
-      fields[#fields + 1] = 'start_by'; fields[#fields + 1] = start_by
-      to_start_by[#to_start_by + 1] = start_by; to_start_by[#to_start_by + 1] = ulid
-    end
+local rows, keys = cmsgpack.unpack(tasks), {}
+for i, row in ipairs(rows) do keys[i] = task_prefix .. row[1] end
+-- A new batch names no existing task: one EXISTS for all spares a lookup per task.
+local any_exist = false
+for i = 1, #keys, 4000 do
+  any_exist = any_exist or redis.call('EXISTS', unpack(keys, i, math.min(i + 3999, #keys))) > 0
+end
+
+local shape, tail
+for i, row in ipairs(rows) do
+  local ulid, payload = row[1], row[2]
+  if #row > 2 then shape = shape_of(row); tail = shape.tail; payload = row[3] end
+
+  local key = keys[i]
+  local existing = any_exist and redis.call('HGET', key, 'state')
+  local holder, held_state, kind
+  if not existing and shape.keyed then holder, held_state, kind = taken(shape.idem, shape.idem_ttl, shape.uniq) end
+  if existing then
+    answers[i] = existing
+  elseif holder then
+    answers[i] = held_state .. ' ' .. holder .. ' ' .. kind
+  else
+    local fields = {'state', shape.state, 'name', shape.name, 'created', now_text, 'due', shape.due}
+    if payload ~= '' then put_pieces(fields, 'payload', 'p', 'pn', payload) end
+    local n = #fields
+    for j = 1, #tail do fields[n + j] = tail[j] end
     redis.call('HSET', key, unpack(fields))
 
-    if state == 'pending' then
-      to_pend[#to_pend + 1] = now; to_pend[#to_pend + 1] = ulid
-    elseif state == 'queued' then
-      to_queue[#to_queue + 1] = (9 - prio) * 1e13 + due; to_queue[#to_queue + 1] = ulid
-    else
-      to_schedule[#to_schedule + 1] = due; to_schedule[#to_schedule + 1] = ulid
-    end
-    claim(ulid, idem, idem_ttl, uniq)
-    answers[#answers + 1] = state; answers[#answers + 1] = ulid; answers[#answers + 1] = ''
+    local index = shape.index
+    index[#index + 1] = shape.score; index[#index + 1] = ulid
+    if shape.start_by then to_start_by[#to_start_by + 1] = shape.start_by; to_start_by[#to_start_by + 1] = ulid end
+    if shape.keyed then claim(ulid, shape.idem, shape.idem_ttl, shape.uniq) end
+    answers[i] = shape.state
   end
 end
 

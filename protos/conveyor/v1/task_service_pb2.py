@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63onveyor/v1/task_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc6\x05\n\x08TaskSpec\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x33\n\x07headers\x18\x05 \x03(\x0b\x32\".conveyor.v1.TaskSpec.HeadersEntry\x12\x10\n\x08priority\x18\x06 \x01(\r\x12,\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12*\n\x05\x64\x65lay\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12\x34\n\x11\x65xecution_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\x19schedule_to_start_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nresult_ttl\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x0e \x01(\t\x12\x32\n\x0fidempotency_ttl\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nunique_key\x18\x10 \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x11 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x12 \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08schedule\"9\n\x12\x45nqueueTaskRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpec\"`\n\x13\x45nqueueTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskState\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"@\n\x18\x42\x61tchEnqueueTasksRequest\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.TaskSpec\"A\n\x19\x42\x61tchEnqueueTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0fGetTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.Task\"N\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"3\n\x10WaitTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.Task\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x12\x43\x61ncelTaskResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.TaskState\"o\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0eSessionRequest\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.SessionCall\"\xb7\x01\n\x0bSessionCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x06submit\x18\x02 \x01(\x0b\x32\x15.conveyor.v1.TaskSpecH\x00\x12(\n\x04wait\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.SessionWaitH\x00\x12<\n\x0fsubmit_and_wait\x18\x04 \x01(\x0b\x32!.conveyor.v1.SessionSubmitAndWaitH\x00\x42\x06\n\x04kind\"J\n\x0bSessionWait\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"g\n\x14SessionSubmitAndWait\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpec\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x0fSessionResponse\x12*\n\x07replies\x18\x01 \x03(\x0b\x32\x19.conveyor.v1.SessionReply\"\xa9\x01\n\x0cSessionReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x35\n\tsubmitted\x18\x02 \x01(\x0b\x32 .conveyor.v1.EnqueueTaskResponseH\x00\x12!\n\x04task\x18\x03 \x01(\x0b\x32\x11.conveyor.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xbd\x04\n\x0bTaskService\x12P\n\x0b\x45nqueueTask\x12\x1f.conveyor.v1.EnqueueTaskRequest\x1a .conveyor.v1.EnqueueTaskResponse\x12\x62\n\x11\x42\x61tchEnqueueTasks\x12%.conveyor.v1.BatchEnqueueTasksRequest\x1a&.conveyor.v1.BatchEnqueueTasksResponse\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12I\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse0\x01\x12M\n\nCancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12J\n\tListTasks\x12\x1d.conveyor.v1.ListTasksRequest\x1a\x1e.conveyor.v1.ListTasksResponse\x12L\n\x0bOpenSession\x12\x1b.conveyor.v1.SessionRequest\x1a\x1c.conveyor.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63onveyor/v1/task_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc6\x05\n\x08TaskSpec\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x33\n\x07headers\x18\x05 \x03(\x0b\x32\".conveyor.v1.TaskSpec.HeadersEntry\x12\x10\n\x08priority\x18\x06 \x01(\r\x12,\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12*\n\x05\x64\x65lay\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12.\n\x0cretry_policy\x18\t \x01(\x0b\x32\x18.conveyor.v1.RetryPolicy\x12\x34\n\x11\x65xecution_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\x19schedule_to_start_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nresult_ttl\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x0e \x01(\t\x12\x32\n\x0fidempotency_ttl\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nunique_key\x18\x10 \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x11 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x12 \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08schedule\"9\n\x12\x45nqueueTaskRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpec\"`\n\x13\x45nqueueTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskState\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"{\n\x18\x42\x61tchEnqueueTasksRequest\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.TaskSpec\x12\'\n\x08template\x18\x02 \x01(\x0b\x32\x15.conveyor.v1.TaskSpec\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\"A\n\x19\x42\x61tchEnqueueTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0fGetTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.Task\"N\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"3\n\x10WaitTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.Task\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x12\x43\x61ncelTaskResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.TaskState\"o\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0eSessionRequest\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.SessionCall\"\xb7\x01\n\x0bSessionCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x06submit\x18\x02 \x01(\x0b\x32\x15.conveyor.v1.TaskSpecH\x00\x12(\n\x04wait\x18\x03 \x01(\x0b\x32\x18.conveyor.v1.SessionWaitH\x00\x12<\n\x0fsubmit_and_wait\x18\x04 \x01(\x0b\x32!.conveyor.v1.SessionSubmitAndWaitH\x00\x42\x06\n\x04kind\"J\n\x0bSessionWait\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"g\n\x14SessionSubmitAndWait\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpec\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x0fSessionResponse\x12*\n\x07replies\x18\x01 \x03(\x0b\x32\x19.conveyor.v1.SessionReply\"\xa9\x01\n\x0cSessionReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x35\n\tsubmitted\x18\x02 \x01(\x0b\x32 .conveyor.v1.EnqueueTaskResponseH\x00\x12!\n\x04task\x18\x03 \x01(\x0b\x32\x11.conveyor.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xbd\x04\n\x0bTaskService\x12P\n\x0b\x45nqueueTask\x12\x1f.conveyor.v1.EnqueueTaskRequest\x1a .conveyor.v1.EnqueueTaskResponse\x12\x62\n\x11\x42\x61tchEnqueueTasks\x12%.conveyor.v1.BatchEnqueueTasksRequest\x1a&.conveyor.v1.BatchEnqueueTasksResponse\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12I\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse0\x01\x12M\n\nCancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12J\n\tListTasks\x12\x1d.conveyor.v1.ListTasksRequest\x1a\x1e.conveyor.v1.ListTasksResponse\x12L\n\x0bOpenSession\x12\x1b.conveyor.v1.SessionRequest\x1a\x1c.conveyor.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,37 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENQUEUETASKRESPONSE']._serialized_start=933
   _globals['_ENQUEUETASKRESPONSE']._serialized_end=1029
   _globals['_BATCHENQUEUETASKSREQUEST']._serialized_start=1031
-  _globals['_BATCHENQUEUETASKSREQUEST']._serialized_end=1095
-  _globals['_BATCHENQUEUETASKSRESPONSE']._serialized_start=1097
-  _globals['_BATCHENQUEUETASKSRESPONSE']._serialized_end=1162
-  _globals['_GETTASKREQUEST']._serialized_start=1164
-  _globals['_GETTASKREQUEST']._serialized_end=1197
-  _globals['_GETTASKRESPONSE']._serialized_start=1199
-  _globals['_GETTASKRESPONSE']._serialized_end=1249
-  _globals['_WAITTASKREQUEST']._serialized_start=1251
-  _globals['_WAITTASKREQUEST']._serialized_end=1329
-  _globals['_WAITTASKRESPONSE']._serialized_start=1331
-  _globals['_WAITTASKRESPONSE']._serialized_end=1382
-  _globals['_CANCELTASKREQUEST']._serialized_start=1384
-  _globals['_CANCELTASKREQUEST']._serialized_end=1436
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1438
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1497
-  _globals['_LISTTASKSREQUEST']._serialized_start=1499
-  _globals['_LISTTASKSREQUEST']._serialized_end=1610
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1612
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1690
-  _globals['_SESSIONREQUEST']._serialized_start=1692
-  _globals['_SESSIONREQUEST']._serialized_end=1749
-  _globals['_SESSIONCALL']._serialized_start=1752
-  _globals['_SESSIONCALL']._serialized_end=1935
-  _globals['_SESSIONWAIT']._serialized_start=1937
-  _globals['_SESSIONWAIT']._serialized_end=2011
-  _globals['_SESSIONSUBMITANDWAIT']._serialized_start=2013
-  _globals['_SESSIONSUBMITANDWAIT']._serialized_end=2116
-  _globals['_SESSIONRESPONSE']._serialized_start=2118
-  _globals['_SESSIONRESPONSE']._serialized_end=2179
-  _globals['_SESSIONREPLY']._serialized_start=2182
-  _globals['_SESSIONREPLY']._serialized_end=2351
-  _globals['_TASKSERVICE']._serialized_start=2354
-  _globals['_TASKSERVICE']._serialized_end=2927
+  _globals['_BATCHENQUEUETASKSREQUEST']._serialized_end=1154
+  _globals['_BATCHENQUEUETASKSRESPONSE']._serialized_start=1156
+  _globals['_BATCHENQUEUETASKSRESPONSE']._serialized_end=1221
+  _globals['_GETTASKREQUEST']._serialized_start=1223
+  _globals['_GETTASKREQUEST']._serialized_end=1256
+  _globals['_GETTASKRESPONSE']._serialized_start=1258
+  _globals['_GETTASKRESPONSE']._serialized_end=1308
+  _globals['_WAITTASKREQUEST']._serialized_start=1310
+  _globals['_WAITTASKREQUEST']._serialized_end=1388
+  _globals['_WAITTASKRESPONSE']._serialized_start=1390
+  _globals['_WAITTASKRESPONSE']._serialized_end=1441
+  _globals['_CANCELTASKREQUEST']._serialized_start=1443
+  _globals['_CANCELTASKREQUEST']._serialized_end=1495
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1497
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1556
+  _globals['_LISTTASKSREQUEST']._serialized_start=1558
+  _globals['_LISTTASKSREQUEST']._serialized_end=1669
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1671
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1749
+  _globals['_SESSIONREQUEST']._serialized_start=1751
+  _globals['_SESSIONREQUEST']._serialized_end=1808
+  _globals['_SESSIONCALL']._serialized_start=1811
+  _globals['_SESSIONCALL']._serialized_end=1994
+  _globals['_SESSIONWAIT']._serialized_start=1996
+  _globals['_SESSIONWAIT']._serialized_end=2070
+  _globals['_SESSIONSUBMITANDWAIT']._serialized_start=2072
+  _globals['_SESSIONSUBMITANDWAIT']._serialized_end=2175
+  _globals['_SESSIONRESPONSE']._serialized_start=2177
+  _globals['_SESSIONRESPONSE']._serialized_end=2238
+  _globals['_SESSIONREPLY']._serialized_start=2241
+  _globals['_SESSIONREPLY']._serialized_end=2410
+  _globals['_TASKSERVICE']._serialized_start=2413
+  _globals['_TASKSERVICE']._serialized_end=2986
 # @@protoc_insertion_point(module_scope)
