@@ -31,8 +31,9 @@ class OlderBroker(task_service_pb2_grpc.TaskServiceServicer):
         self.requests.append(request)
         if not request.tasks:
             detail = any_pb2.Any()
-            detail.Pack(error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field="tasks", description="at least one task is required")]))
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field="tasks", description="at least one task is required")
+            detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
             context.abort_with_status(rpc_status.to_status(status_pb2.Status(
                 code=code_pb2.INVALID_ARGUMENT, message="tasks: at least one task is required", details=[detail])))
         return task_service_pb2.BatchEnqueueTasksResponse(
