@@ -214,13 +214,14 @@ class ClientSession:
     def _start(self, call: ts.SessionCall, kind: str | None, now: int) -> None:
         limits = self._owner.limits
         if kind == "submit":
-            self._submits.append(_Submit(call.call_id, validate.task_spec(call.submit, "submit", limits, now), None))
+            task = validate.submitted_task(call.submit, "submit", limits, now)
+            self._submits.append(_Submit(call.call_id, task, None))
         elif kind == "submit_and_wait":
             request = call.submit_and_wait
             if not request.HasField("task"):
                 raise invalid_argument("submit_and_wait.task", "required")
             seconds = _wait_seconds(request, "submit_and_wait.timeout")
-            task = validate.task_spec(request.task, "submit_and_wait.task", limits, now)
+            task = validate.submitted_task(request.task, "submit_and_wait.task", limits, now)
             self._submits.append(_Submit(call.call_id, task, seconds))
         elif kind == "wait":
             ulid, queue = validate.task_id(call.wait.task_id, "wait.task_id")

@@ -65,7 +65,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
     async def EnqueueTask(self, request: ts.EnqueueTaskRequest, context: Context) -> ts.EnqueueTaskResponse:
         if not request.HasField("task"):
             raise invalid_argument("task", "required")
-        task = validate.task_spec(request.task, "task", self._limits, _now_ms())
+        task = validate.submitted_task(request.task, "task", self._limits, _now_ms())
         result = (await self._enqueue([task]))[task.ulid]
         return ts.EnqueueTaskResponse(task_id=make_task_id(result.ulid, task.queue), state=_state(result),
                                       duplicate=result.duplicate)

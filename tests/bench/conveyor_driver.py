@@ -86,8 +86,8 @@ async def _enqueue_async(args: Any, per_call: int, inflight: int) -> dict[str, A
 
 def roundtrip(args: Any) -> dict[str, Any]:
     with Client(args.target, timeout=60) as client:
-        def one(i: int) -> object:
-            return client.enqueue(add, i, i).result(timeout=args.timeout)
+        def one(i: int) -> object:  # the SDK's submit-and-wait: one session message each way
+            return client.call(add.s(i, i), timeout=args.timeout)
 
         return common.timed_roundtrips(args.seconds, one)
 

@@ -217,7 +217,8 @@ def _s4(scen: dict[str, Any], systems: list[str]) -> str:
         rows.append((label, {k: _median(s, k, variant[k], metric) for k in systems}, "ms"))
     rows.append(("round trips/s", {k: _median(s, k, variant[k], "rate") for k in systems}, "rate"))
     return ("## 4. Sequential round trip: submit, wait for the result (lower is better)\n\n"
-            "One client, one task at a time; Conveyor: `enqueue` + `result` (WaitTask); Celery: "
+            "One client, one task at a time; Conveyor: `call` (submit and wait, one session message each "
+            "way); Celery: "
             "`delay().get()`; Dramatiq: `send().get_result(block=True)`; huey: `task().get(blocking=True)` "
             "with notify_result.\n\n" + _table(systems, rows))
 

@@ -11,7 +11,7 @@ from conveyor.v1 import task_service_pb2 as ts
 from google.protobuf import duration_pb2
 
 from broker_service.api.errors import ApiError
-from broker_service.api.validate import Limits, task_spec, task_specs, template_tasks
+from broker_service.api.validate import Limits, submitted_task, task_spec, task_specs, template_tasks
 from broker_service.domain import _crockford, _UlidFactory, new_ulid, parse_task_id
 
 LIMITS = Limits(max_payload_bytes=64, max_batch_size=100, lease_ms=30_000, result_ttl_ms=60_000, max_attempts=3)
@@ -105,3 +105,19 @@ def test_ulids_made_many_at_once_are_encoded_and_ordered_like_single_ones() -> N
     factory = _UlidFactory()
     factory._last_ms, factory._last_rand, factory._prefix = ms, (5 << 40) - 3, _crockford(ms, 5)
     assert factory.many(5) == [_crockford(ms, 5) + _crockford((5 << 40) - 2 + i, 8) for i in range(5)]
+
+
+def test_a_submit_like_one_checked_before_is_checked_by_its_payload_alone() -> None:
+    first = submitted_task(_spec(b"[1]", priority=4), "submit", LIMITS, now_ms=0)
+    second = submitted_task(_spec(b"[2]", priority=4), "submit", LIMITS, now_ms=0)
+    other = submitted_task(_spec(b"[3]", priority=5), "submit", LIMITS, now_ms=0)
+
+    assert (second.priority, second.payload) == (4, b"[2]") and second.ulid > first.ulid
+    assert dataclasses.replace(second, ulid=first.ulid, payload=first.payload) == first
+    assert other.priority == 5
+    with pytest.raises(ApiError) as caught:
+        submitted_task(_spec(b"x" * 65, priority=4), "submit_and_wait.task", LIMITS, now_ms=0)
+    assert caught.value.metadata["field"] == "submit_and_wait.task.payload"
+    # What a spec means depends on the broker's limits too (its defaults): never mixed up.
+    longer = dataclasses.replace(LIMITS, lease_ms=90_000)
+    assert submitted_task(_spec(b"[4]", priority=4), "submit", longer, now_ms=0).lease_ms == 90_000
