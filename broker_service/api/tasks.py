@@ -42,31 +42,40 @@ class TaskService(ts_grpc.TaskServiceServicer):
         self._wait_poll = wait_poll_seconds
         self._known_queues: set[str] = set()
 
-    async def _enqueue(self, tasks: list[NewTask]) -> dict[str, EnqueueResult]:
-        by_queue: dict[str, list[NewTask]] = defaultdict(list)
-        for task in tasks:
-            by_queue[task.queue].append(task)
+    async def _enqueue(self, tasks: list[NewTask]) -> list[EnqueueResult]:
+        """Writes the tasks, one store call per queue; their results in the order given."""
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for i, task in enumerate(tasks):
+            by_queue[task.queue].append(i)
         new_queues = [q for q in by_queue if q not in self._known_queues]
         if new_queues:
             await self._store.register_queues(new_queues)
             self._known_queues.update(new_queues)
-        results = await asyncio.gather(*(enqueue(self._store, self._dispatcher, q, items)
-                                         for q, items in by_queue.items()))
-        answers: dict[str, EnqueueResult] = {}  # by the submitted task's ulid
-        for (queue, items), (queue_results, _) in zip(by_queue.items(), results, strict=True):
-            self._metrics.enqueued.labels(queue).inc(sum(not r.duplicate for r in queue_results))
-            for task, result in zip(items, queue_results, strict=True):
-                answers[task.ulid] = result
-                if result.duplicate:
-                    self._metrics.duplicates.labels(queue, result.duplicate_kind).inc()
-        return answers
+        if len(by_queue) == 1:  # the usual case: the results are in order already
+            [(queue, _)] = by_queue.items()
+            results, _ = await enqueue(self._store, self._dispatcher, queue, tasks)
+            self._count(queue, results)
+            return results
+        written = await asyncio.gather(*(enqueue(self._store, self._dispatcher, queue, [tasks[i] for i in indexes])
+                                         for queue, indexes in by_queue.items()))
+        placed: dict[int, EnqueueResult] = {}
+        for (queue, indexes), (results, _) in zip(by_queue.items(), written, strict=True):
+            self._count(queue, results)
+            placed.update(zip(indexes, results, strict=True))
+        return [placed[i] for i in range(len(tasks))]
+
+    def _count(self, queue: str, results: list[EnqueueResult]) -> None:
+        self._metrics.enqueued.labels(queue).inc(sum(not r.duplicate for r in results))
+        for result in results:
+            if result.duplicate:
+                self._metrics.duplicates.labels(queue, result.duplicate_kind).inc()
 
     @unary
     async def EnqueueTask(self, request: ts.EnqueueTaskRequest, context: Context) -> ts.EnqueueTaskResponse:
         if not request.HasField("task"):
             raise invalid_argument("task", "required")
         task = validate.submitted_task(request.task, "task", self._limits, _now_ms())
-        result = (await self._enqueue([task]))[task.ulid]
+        [result] = await self._enqueue([task])
         return ts.EnqueueTaskResponse(task_id=make_task_id(result.ulid, task.queue), state=_state(result),
                                       duplicate=result.duplicate)
 
@@ -90,8 +99,8 @@ class TaskService(ts_grpc.TaskServiceServicer):
             tasks += validate.template_tasks(request.template, request.payloads, self._limits, now)
         results = await self._enqueue(tasks)
         return ts.BatchEnqueueTasksResponse(
-            task_ids=[make_task_id(results[t.ulid].ulid, t.queue) for t in tasks],
-            duplicates=[results[t.ulid].duplicate for t in tasks])
+            task_ids=[f"{r.ulid}@{t.queue}" for r, t in zip(results, tasks, strict=True)],
+            duplicates=[r.duplicate for r in results])
 
     @unary
     async def GetTask(self, request: ts.GetTaskRequest, context: Context) -> ts.GetTaskResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -295,14 +296,28 @@ class Scripts:
         return list(await self.run("unblock", script_keys("unblock", queue), args))
 
 
+# The NewTask attributes behind a row's entries after ulid and payload: tasks whose values are
+# equal (read in one C call) share those entries, so a batch converts them once.
+_ROW_SOURCE = operator.attrgetter(
+    "name", "content_type", "headers", "priority", "retry", "timeout_ms", "lease_ms", "result_ttl_ms", "run_at_ms",
+    "delay_ms", "start_timeout_ms", "idempotency_key", "idempotency_ttl_ms", "unique_key", "concurrency_key",
+    "concurrency_limit", "schedule_id", "workflow_id", "workflow_node", "parent_ids", "result_passing")
+
+
 def enqueue_call(queue: QueueKeys, tasks: Sequence[NewTask], *, quiet: bool = False) -> Call:
     """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task, two entries
     (ulid, payload) for a task whose other entries equal the task's before it."""
     rows: list[tuple[Any, ...]] = []
-    last: tuple[Any, ...] = ()
+    last: tuple[Any, ...] | None = None
     for task in tasks:
+        source = _ROW_SOURCE(task)
+        if source == last:
+            rows.append((task.ulid, task.payload))
+            continue
+        last = source
         retry = task.retry
-        shared = (
+        rows.append((
+            task.ulid, task.name, task.payload,
             "" if task.content_type in ("", DEFAULT_CONTENT_TYPE) else task.content_type,
             headers_to(task.headers) if task.headers else "", task.priority, retry.max_attempts,
             retry.initial_backoff_ms, retry.max_backoff_ms, _num(retry.multiplier), _num(retry.jitter),
@@ -310,12 +325,7 @@ def enqueue_call(queue: QueueKeys, tasks: Sequence[NewTask], *, quiet: bool = Fa
             task.start_timeout_ms,
             task.idempotency_key, task.idempotency_ttl_ms, task.unique_key, task.concurrency_key,
             task.concurrency_limit, task.schedule_id, task.workflow_id, task.workflow_node,
-            " ".join(task.parent_ids), task.result_passing, task.name)
-        if shared == last:
-            rows.append((task.ulid, task.payload))
-        else:
-            rows.append((task.ulid, task.name, task.payload, *shared[:-1]))
-            last = shared
+            " ".join(task.parent_ids), task.result_passing))
     # Lua's cmsgpack reads raw strings only: bytes and text both go as raw (use_bin_type=False).
     return "enqueue", script_keys("enqueue", queue), [msgpack.packb(rows, use_bin_type=False), "1" if quiet else ""]
 

@@ -66,7 +66,7 @@ _CURSOR_VERSION = "1"
 _HELD_CURSOR = "h."
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per task of a batch (see NewTask)
 class EnqueueResult:
     """What an enqueue did to one task."""
 

@@ -74,6 +74,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--inflight", type=int, default=64, help="calls in flight in async mode")
     p.add_argument("--batch-inflight", type=int, default=4, help="batch calls in flight in batch-async mode")
     p.add_argument("--max-seconds", type=float, default=0.0, help="stop submitting after this long (0: no cap)")
+    p.add_argument("--warm-up", type=int, default=0, help="tasks submitted the same way before the clock starts")
     p.add_argument("--task", choices=[ADD, STAMP, SLEEP, ASYNC_SLEEP], default=ADD)
     p.add_argument("--sleep", type=float, default=1.0, help="seconds of the sleep task")
     p.add_argument("--payload-bytes", type=int, default=0, help="size of add()'s argument payload (0: two ints)")
@@ -91,8 +92,15 @@ def emit(result: dict[str, Any]) -> None:
 
 
 def timed_enqueue(n: int, max_seconds: float, submit_one: Callable[[int], object],
-                  submit_batch: Callable[[Sequence[int]], object] | None, batch: int) -> dict[str, Any]:
-    """Submits tasks 0..n-1 one per call (or `batch` per call) until done or `max_seconds` passed."""
+                  submit_batch: Callable[[Sequence[int]], object] | None, batch: int,
+                  warm_up: int = 0) -> dict[str, Any]:
+    """Submits tasks 0..n-1 one per call (or `batch` per call) until done or `max_seconds` passed,
+    after `warm_up` tasks submitted the same way before the clock starts (counted as queued)."""
+    for first in range(-warm_up, 0, batch if submit_batch is not None else 1):
+        if submit_batch is None:
+            submit_one(first)
+        else:
+            submit_batch(range(first, min(0, first + batch)))
     cap = max_seconds if max_seconds > 0 else math.inf
     done = 0
     cpu_before = own_cpu()
@@ -109,7 +117,7 @@ def timed_enqueue(n: int, max_seconds: float, submit_one: Callable[[int], object
     seconds = time.perf_counter() - started
     cpu_after = own_cpu()
     timed_cpu = cpu_after["user"] + cpu_after["sys"] - cpu_before["user"] - cpu_before["sys"]
-    return {"count": done, "seconds": seconds, "rate": done / seconds if seconds > 0 else 0.0,
+    return {"count": done + warm_up, "seconds": seconds, "rate": done / seconds if seconds > 0 else 0.0,
             "timed_cpu": timed_cpu}
 
 

@@ -44,12 +44,14 @@ def enqueue(args: Any) -> dict[str, Any]:
         client.enqueue(_signature(args.task, -1, args))  # connect before the clock starts
         if args.mode == "single":
             out = common.timed_enqueue(args.n, args.max_seconds,
-                                       lambda i: client.enqueue(_signature(args.task, i, args)), None, 1)
+                                       lambda i: client.enqueue(_signature(args.task, i, args)), None, 1,
+                                       warm_up=args.warm_up)
         else:
             def batch(chunk: Sequence[int]) -> object:
                 return client.enqueue_many([_signature(args.task, i, args) for i in chunk])
 
-            out = common.timed_enqueue(args.n, args.max_seconds, lambda i: None, batch, args.batch)
+            out = common.timed_enqueue(args.n, args.max_seconds, lambda i: None, batch, args.batch,
+                                       warm_up=args.warm_up)
     out["count"] += 1  # the warm-up task is queued too
     return out
 
@@ -61,26 +63,28 @@ async def _enqueue_async(args: Any, per_call: int, inflight: int) -> dict[str, A
     async with AsyncClient(args.target, timeout=60) as client:
         await client.enqueue(_signature(args.task, -1, args))
         cap = args.max_seconds if args.max_seconds > 0 else float("inf")
-        next_index = 0
-        started = time.perf_counter()
-        cpu_before = common.own_cpu()
 
-        async def submitter() -> None:
+        async def submitter(last: int, started: float) -> None:
             nonlocal next_index
-            while next_index < args.n and time.perf_counter() - started < cap:
-                chunk = range(next_index, min(args.n, next_index + per_call))
+            while next_index < last and time.perf_counter() - started < cap:
+                chunk = range(next_index, min(last, next_index + per_call))
                 next_index += len(chunk)
                 if per_call == 1:
                     await client.enqueue(_signature(args.task, chunk[0], args))
                 else:
                     await client.enqueue_many([_signature(args.task, i, args) for i in chunk])
 
-        await asyncio.gather(*(submitter() for _ in range(inflight)))
+        next_index = -args.warm_up  # the warm-up: the same calls, before the clock starts
+        await asyncio.gather(*(submitter(0, time.perf_counter()) for _ in range(inflight)))
+        next_index = 0
+        started = time.perf_counter()
+        cpu_before = common.own_cpu()
+        await asyncio.gather(*(submitter(args.n, started) for _ in range(inflight)))
         seconds = time.perf_counter() - started
         cpu_after = common.own_cpu()
     done = min(next_index, args.n)
     timed_cpu = cpu_after["user"] + cpu_after["sys"] - cpu_before["user"] - cpu_before["sys"]
-    return {"count": done + 1, "seconds": seconds, "rate": done / seconds, "inflight": inflight,
+    return {"count": done + 1 + args.warm_up, "seconds": seconds, "rate": done / seconds, "inflight": inflight,
             "timed_cpu": timed_cpu}
 
 

@@ -150,6 +150,10 @@ def _header(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+WARM_UP = ("Every driver first submits a tenth as many tasks the same way, untimed: the systems are "
+           "measured warm (Conveyor's broker is a long-running service).")
+
+
 def _s1(scen: dict[str, Any], systems: list[str]) -> str:
     s = scen["1"]
     rows: list[Row] = [("tasks/s, sync client, one per call", {k: _median(s, k, "sync", "rate") for k in systems},
@@ -160,7 +164,8 @@ def _s1(scen: dict[str, Any], systems: list[str]) -> str:
         inflight = _median(s, "conveyor", "async", "inflight")
         rows.append((f"tasks/s, Conveyor AsyncClient ({fmt(inflight, 'rate')} calls in flight) vs peers' sync",
                      sync, "rate"))
-    return "## 1. Enqueue, one task per call (higher is better)\n\n" + _table(systems, rows)
+    return ("## 1. Enqueue, one task per call (higher is better)\n\n" + WARM_UP + "\n\n"
+            + _table(systems, rows))
 
 
 def _s2(scen: dict[str, Any], systems: list[str]) -> str:
@@ -175,7 +180,7 @@ def _s2(scen: dict[str, Any], systems: list[str]) -> str:
     return ("## 2. Enqueue in batches of 1,000 (higher is better)\n\n"
             "Conveyor: `enqueue_many` (BatchEnqueueTasks), one call at a time from the sync client, and "
             "from an AsyncClient with a few calls in flight; Celery: `group(...).apply_async()`; Dramatiq: "
-            "`group(...).run()`; huey: `task.map(...)`.\n\n" + _table(systems, rows))
+            "`group(...).run()`; huey: `task.map(...)`. " + WARM_UP + "\n\n" + _table(systems, rows))
 
 
 def _s3(scen: dict[str, Any], systems: list[str]) -> str:

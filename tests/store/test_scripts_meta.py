@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Coroutine
 from importlib import resources
@@ -14,7 +15,7 @@ import pytest
 from broker_service.domain import Completion, Failure, Lease, NewTask, RetryPolicy, TaskError
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.records import record_from_fields
-from broker_service.store.scripts import SCRIPT_KEYS, Scripts, script_keys
+from broker_service.store.scripts import _ROW_SOURCE, SCRIPT_KEYS, Scripts, script_keys
 from tests.store.helpers import new_task
 
 LUA = Path(str(resources.files("broker_service.store").joinpath("lua")))
@@ -161,6 +162,13 @@ def test_wrapper_passes_the_header_keys_and_argv_layout(name: str) -> None:
         entries = re.findall(r"^--   (\w+) +(?:string|bytes|int) +\S", header.text, re.M)
         # the three tasks share all but ulid and payload: full row, then two short rows
         assert len(entries) == 27 and [len(row) for row in rows] == [27, 2, 2]
+
+
+def test_enqueue_rows_are_shared_only_by_tasks_alike_in_every_stored_field() -> None:
+    """A task whose _ROW_SOURCE attributes equal the task's before it travels as (ulid, payload):
+    those attributes must be every NewTask field but the ones each row carries or the call fixes."""
+    fields = {f.name for f in dataclasses.fields(NewTask)} - {"ulid", "payload", "queue"}
+    assert set(_ROW_SOURCE.__reduce__()[1]) == fields
 
 
 def _local_functions(source: str) -> dict[str, str]:

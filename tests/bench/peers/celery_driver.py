@@ -28,10 +28,12 @@ def _sig(args, i):
 def enqueue(args):
     _sig(args, -1).apply_async()  # connect before the clock starts
     if args.mode == "single":
-        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: _sig(args, i).apply_async(), None, 1)
+        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: _sig(args, i).apply_async(),
+                                   None, 1, warm_up=args.warm_up)
     else:
         out = common.timed_enqueue(args.n, args.max_seconds, None,
-                                   lambda chunk: group(_sig(args, i) for i in chunk).apply_async(), args.batch)
+                                   lambda chunk: group(_sig(args, i) for i in chunk).apply_async(),
+                                   args.batch, warm_up=args.warm_up)
     out["count"] += 1
     return out
 

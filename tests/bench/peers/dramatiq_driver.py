@@ -27,10 +27,12 @@ def _msg(args, i):
 def enqueue(args):
     broker.enqueue(_msg(args, -1))
     if args.mode == "single":
-        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: broker.enqueue(_msg(args, i)), None, 1)
+        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: broker.enqueue(_msg(args, i)),
+                                   None, 1, warm_up=args.warm_up)
     else:
         out = common.timed_enqueue(args.n, args.max_seconds, None,
-                                   lambda chunk: group(_msg(args, i) for i in chunk).run(), args.batch)
+                                   lambda chunk: group(_msg(args, i) for i in chunk).run(),
+                                   args.batch, warm_up=args.warm_up)
     out["count"] += 1
     return out
 

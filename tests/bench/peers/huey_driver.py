@@ -32,10 +32,12 @@ def enqueue(args):
     _call(args, -1)
     task = {common.STAMP: stamp, common.SLEEP: sleep}.get(args.task, add)
     if args.mode == "single":
-        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: _call(args, i), None, 1)
+        out = common.timed_enqueue(args.n, args.max_seconds, lambda i: _call(args, i),
+                                   None, 1, warm_up=args.warm_up)
     else:
         out = common.timed_enqueue(args.n, args.max_seconds, None,
-                                   lambda chunk: task.map([_args(args, i) for i in chunk]), args.batch)
+                                   lambda chunk: task.map([_args(args, i) for i in chunk]),
+                                   args.batch, warm_up=args.warm_up)
     out["count"] += 1
     return out
 
