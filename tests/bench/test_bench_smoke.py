@@ -1,4 +1,5 @@
-"""Keeps the benchmark suite working: Conveyor alone through scenarios 1-4 at a few hundred tasks.
+"""Keeps the benchmark suite working: Conveyor alone through scenarios 1-4 at a few hundred tasks,
+and the gRPC floor tool for a moment.
 
 Asserts only that every scenario produced numbers and that the report has its tables; the
 figures themselves mean nothing at this size.
@@ -7,6 +8,8 @@ figures themselves mean nothing at this size.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,3 +63,12 @@ def test_report_ratios_and_medians() -> None:
     drains = {"x": {"median": {"rate": 5.0}}, "y": {"median": {"rate": 7.0}}, "z": {"error": "e"}}
     assert best_drain(drains) == ("y", 7.0)
     assert replace(Sizes.full(), runs=5).runs == 5
+
+
+@pytest.mark.timeout(60)
+def test_the_grpc_floor_tool_times_both_kinds_of_exchange() -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.bench.floor", "--seconds", "0.2"],
+                          capture_output=True, text=True, timeout=50, check=True)
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["stream, message and reply", "unary call"]
+    assert all(int(line.split(": ")[1].split(" µs")[0]) > 0 for line in lines)
