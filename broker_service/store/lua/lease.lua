@@ -139,7 +139,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
                          'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass',
-                         'uniq', 'ckey', 'climit', 'pn')
+                         'uniq', 'ckey', 'climit', 'pn', 'p2', 'p3')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -166,15 +166,19 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
   end
 end
 
--- A payload stored in pieces (see enqueue.lua), joined again.
-local function whole_payload(key, first, pieces)
-  pieces = tonumber(pieces)
-  if not pieces then return first end
-  local names = {}
-  for j = 2, pieces do names[#names + 1] = 'p' .. j end
-  local rest = redis.call('HMGET', key, unpack(names))
-  for j = 1, #rest do rest[j] = rest[j] or '' end
-  return first .. table.concat(rest)
+-- A payload stored in pieces (see enqueue.lua), joined again: `f` is the task's fields as read
+-- above, its second and third pieces among them (payloads up to 192 bytes need no other read).
+local function whole_payload(key, f)
+  local pieces = tonumber(f[19])
+  if not pieces then return f[5] end
+  local rest = {f[20] or '', f[21] or ''}
+  if pieces > 3 then
+    local names = {}
+    for j = 4, pieces do names[#names + 1] = 'p' .. j end
+    local more = redis.call('HMGET', key, unpack(names))
+    for j = 1, #more do rest[#rest + 1] = more[j] or '' end
+  end
+  return f[5] .. table.concat(rest, '', 1, pieces - 1)
 end
 
 local leased, to_run, run_ids = {}, {}, {}
@@ -202,7 +206,7 @@ if #picked > 0 then
     local base = #leased -- 13 entries per task
     leased[base + 1] = ulid
     leased[base + 2] = f[4]
-    leased[base + 3] = whole_payload(key, f[5], f[19])
+    leased[base + 3] = whole_payload(key, f)
     leased[base + 4] = f[6]
     leased[base + 5] = f[7]
     leased[base + 6] = attempt
