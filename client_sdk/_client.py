@@ -231,8 +231,8 @@ class Client:
                 if not _convert.needs_spelling_out(exc, request):
                     _convert.name_batch_field(exc, request)
                     raise
-                self._batch_templates = False  # a broker older than templates
                 response = self._call(self._stub.BatchEnqueueTasks, _convert.spelled_out(request), timeout)
+                self._batch_templates = False  # a broker older than templates: it took the spelled-out form
             duplicates = list(response.duplicates) or [False] * len(response.task_ids)
             handles.extend(TaskHandle(task_id, self, duplicate)
                            for task_id, duplicate in zip(response.task_ids, duplicates, strict=True))

@@ -321,3 +321,18 @@ def test_a_malformed_hello_is_refused_naming_the_field(
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _violations(caught.value) == [field]
 
+
+
+def test_a_batch_over_the_brokers_limit_is_refused_and_templates_stay_on(
+    strict_broker: BrokerProcess, db: redis.Redis
+) -> None:
+    before = _snapshot(db)
+    with Client(strict_broker.address) as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            client.enqueue_many([_add(i) for i in range(MAX_BATCH + 1)])
+        assert caught.value.field == "tasks"
+        assert _snapshot(db) == before
+        # Refused for its size, not for its form: the next batch still travels as a template.
+        assert client._batch_templates
+        handles = client.enqueue_many([_add(i) for i in range(2)])
+        assert client._batch_templates and len(handles) == 2
