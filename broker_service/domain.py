@@ -78,31 +78,27 @@ class _UlidFactory:
         self._last_rand = 0
         self._prefix = ""
 
-    def __call__(self) -> str:
-        with self._lock:
-            ms = time.time_ns() // 1_000_000
-            if ms <= self._last_ms:
-                ms = self._last_ms
-                rand = self._last_rand + 1
-            else:
-                rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up within a millisecond
-                self._prefix = _crockford(ms, 5)  # 48-bit time: the first 10 digits
-            self._last_ms, self._last_rand = ms, rand
-            prefix = self._prefix
-        return prefix + _crockford(rand, 8)  # 80 random bits: the last 16
-
-    def many(self, count: int) -> list[str]:
-        """`count` ULIDs in one step: one clock read, then the random part counted up."""
+    def _reserve(self, count: int) -> tuple[str, int]:
+        """The time prefix and the first of `count` random values: one clock read; within one
+        millisecond the random part counts up from the last one handed out."""
         with self._lock:
             ms = time.time_ns() // 1_000_000
             if ms <= self._last_ms:
                 ms = self._last_ms
                 first = self._last_rand + 1
             else:
-                first = int.from_bytes(os.urandom(10), "big") >> 1
-                self._prefix = _crockford(ms, 5)
+                first = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up within a millisecond
+                self._prefix = _crockford(ms, 5)  # 48-bit time: the first 10 digits
             self._last_ms, self._last_rand = ms, first + count - 1
-            prefix = self._prefix
+            return self._prefix, first
+
+    def __call__(self) -> str:
+        prefix, rand = self._reserve(1)
+        return prefix + _crockford(rand, 8)  # 80 random bits: the last 16
+
+    def many(self, count: int) -> list[str]:
+        """`count` ULIDs in one step: one clock read, then the random part counted up."""
+        prefix, first = self._reserve(count)
         ulids = []
         high = -1
         head = ""

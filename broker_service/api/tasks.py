@@ -99,7 +99,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
             tasks += validate.template_tasks(request.template, request.payloads, self._limits, now)
         results = await self._enqueue(tasks)
         return ts.BatchEnqueueTasksResponse(
-            task_ids=[f"{r.ulid}@{t.queue}" for r, t in zip(results, tasks, strict=True)],
+            task_ids=[make_task_id(r.ulid, t.queue) for r, t in zip(results, tasks, strict=True)],
             duplicates=[r.duplicate for r in results])
 
     @unary

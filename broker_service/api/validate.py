@@ -148,6 +148,11 @@ _MAX_SHAPES = 1024
 _scratch = ts.TaskSpec()
 
 
+def _shape(task: NewTask) -> _Shape:
+    """What tasks that differ from `task` only in ulid and payload share with it."""
+    return task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS)
+
+
 def submitted_task(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int, *, ulid: str = "") -> NewTask:
     """`task_spec`, remembering what it found for the next spec that differs only in its payload."""
     _scratch.CopyFrom(spec)
@@ -159,7 +164,7 @@ def submitted_task(spec: ts.TaskSpec, path: str, limits: Limits, now_ms: int, *,
         if len(_SHAPES) >= _MAX_SHAPES:
             _SHAPES.clear()
         # a run_at checked against an earlier clock stays within ten years of a later one
-        _SHAPES[key] = (task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS))
+        _SHAPES[key] = _shape(task)
         return task
     payload = spec.payload
     _payload(payload, path, limits)
@@ -187,7 +192,7 @@ def template_tasks(template: ts.TaskSpec, payloads: Sequence[bytes], limits: Lim
         i = next(i for i, payload in enumerate(payloads) if len(payload) > limits.max_payload_bytes)
         raise invalid_argument(f"payloads[{i}]", f"{len(payloads[i])} bytes is over the limit of "
                                f"{limits.max_payload_bytes} bytes")
-    queue, name, shared = task.queue, task.name, tuple(getattr(task, f) for f in _SHARED_FIELDS)
+    queue, name, shared = _shape(task)
     return [NewTask(ulid, queue, name, payload, *shared)
             for ulid, payload in zip(new_ulid.many(len(payloads)), payloads, strict=True)]
 
