@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from broker_service import config
 
@@ -63,10 +63,29 @@ def serve(argv: Sequence[str]) -> int:
     limit_malloc_arenas()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    factory = loop_factory(settings.event_loop)
     try:
-        return asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_serve(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: uvloop's (`uvloop`, or `auto` where it is installed), or asyncio's (None).
+
+    uvloop's loop hands control between the broker's tasks and its Redis connections in less
+    time than asyncio's pure-Python one; the broker behaves the same on both.
+    """
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise SystemExit("event loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
 
 
 # glibc's mallopt parameter for the most malloc arenas (M_ARENA_MAX in malloc.h).
@@ -104,6 +123,7 @@ async def _serve(settings: config.Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("conveyor").info("event loop: %s", type(loop).__module__.partition(".")[0])
     print(f"conveyor broker listening on port {broker.port}", flush=True)
     await stop.wait()
     logging.getLogger("conveyor").info("signal received: draining (grace %.1fs)", settings.shutdown_grace_seconds)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 _ENV_PREFIX = "CONVEYOR_"
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Settings:
     redis_timeout_seconds: float = 5.0
     redis_max_connections: int = 256
     log_level: str = "INFO"
+    event_loop: str = "auto"  # auto: uvloop where it is installed, else asyncio's own
     schedule_interval_seconds: float = 0.25
     schedule_grace_seconds: float = 5.0
     # Workflows.
@@ -75,6 +77,7 @@ _HELP = {
     "redis_timeout_seconds": "socket timeout of Redis calls",
     "redis_max_connections": "Redis connections per broker; calls beyond wait for one (up to the Redis timeout)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "event_loop": "auto (uvloop where installed), uvloop or asyncio",
     "schedule_interval_seconds": "how often due schedules are looked for",
     "schedule_grace_seconds": "a schedule tick later than this (brokers down) counts as missed and follows the "
                               "schedule's missed-tick policy",
@@ -115,7 +118,10 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
                 raise SystemExit(f"{_ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
         if given is not None:
             values[f.name] = given
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.event_loop not in EVENT_LOOPS:
+        raise SystemExit(f"event loop {settings.event_loop!r}: expected one of {', '.join(EVENT_LOOPS)}")
+    return settings
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:

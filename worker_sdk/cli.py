@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from worker_sdk.errors import WorkerError
-from worker_sdk.worker import Worker
+from worker_sdk.worker import EVENT_LOOPS, Worker, loop_factory
 
 __all__ = ["load_worker", "main"]
 
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-id", default=None, help="id of this worker (default host-pid-random)")
     parser.add_argument("--shutdown-grace", type=float, default=None,
                         help="seconds running tasks get to finish on SIGTERM")
+    parser.add_argument("--event-loop", default=os.environ.get("CONVEYOR_EVENT_LOOP", "auto"), choices=EVENT_LOOPS,
+                        help="auto (uvloop where installed), uvloop or asyncio [env CONVEYOR_EVENT_LOOP, default auto]")
     parser.add_argument("--log-level", default=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO").upper(), type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="DEBUG, INFO, WARNING or ERROR [env CONVEYOR_LOG_LEVEL, default INFO]")
@@ -74,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"conveyor worker: {exc}", file=sys.stderr)
         return 2
     try:
+        loop_factory(args.event_loop)  # a bad CONVEYOR_EVENT_LOOP, or uvloop asked for and missing
         worker = load_worker(args.target)
         queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues is not None else None
         worker.configure(broker=args.broker or os.environ.get("CONVEYOR_BROKER") or None,
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"conveyor worker: {exc}", file=sys.stderr)
         return 2
     try:
-        worker.run()
+        worker.run(event_loop=args.event_loop)
     except WorkerError as exc:
         logger.error("%s", exc)
         return 1

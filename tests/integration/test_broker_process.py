@@ -1,4 +1,5 @@
-"""The broker as a process: a second one on a busy port fails fast, and the first keeps serving."""
+"""The broker as a process: a second one on a busy port fails fast, and the first keeps serving;
+broker and worker run on either event loop."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from client_sdk import Client, TaskState
-from tests.helpers import BrokerProcess, free_port, kill_group, spawn
+from tests.helpers import BrokerProcess, WorkerFactory, free_port, kill_group, spawn
+from tests.integration.conftest import TASKS_WORKER, MakeBroker
 from tests.redis_process import RedisProcess
 from worker_sdk.examples import add
 
@@ -61,3 +65,15 @@ def test_a_second_broker_on_a_busy_metrics_port_exits_non_zero_within_seconds(
     assert code is not None, f"still running after {EXIT_WITHIN}s"
     assert code != 0
     assert elapsed < EXIT_WITHIN
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_broker_and_worker_run_a_task_on_either_event_loop(
+        make_broker: MakeBroker, worker_factory: WorkerFactory, queue_name: str, event_loop: str) -> None:
+    broker = make_broker(event_loop=event_loop)
+    worker = worker_factory(TASKS_WORKER, "--queues", queue_name, "--event-loop", event_loop, broker=broker)
+    with Client(broker.address) as client:
+        handle = client.enqueue(add.with_options(queue=queue_name), 2, 3)
+        assert handle.result(timeout=15) == 5
+    assert f"event loop: {event_loop}" in broker.log()
+    assert f"event_loop={event_loop}" in worker.log

@@ -163,7 +163,8 @@ def test_the_sdk_round_trip_and_its_errors_go_through_the_session(
     fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str
 ) -> None:
     start_worker(queue_name)
-    before = fast_broker.metric("conveyor_client_session_calls_total")
+    calls = "conveyor_client_session_calls_total"
+    submits, waits = (fast_broker.metric(calls, kind=kind) for kind in ("submit", "wait"))
     with Client(fast_broker.address) as client:
         assert client.enqueue(add.with_options(queue=queue_name), 20, 22).result(timeout=10) == 42
         with pytest.raises(InvalidArgumentError) as caught:
@@ -175,7 +176,10 @@ def test_the_sdk_round_trip_and_its_errors_go_through_the_session(
         with pytest.raises(TaskTimeoutError):
             client.wait(pending.id, timeout=0.2)
         assert fast_broker.metric("conveyor_client_sessions_open") == 1
-    assert fast_broker.metric("conveyor_client_session_calls_total") - before == 6
+    assert fast_broker.metric(calls, kind="submit") - submits == 3
+    # The 0.2 s wait may be asked again for what its answer left of the client's budget: the
+    # broker's timer can fire a fraction of a millisecond early (uvloop's timers count whole ms).
+    assert fast_broker.metric(calls, kind="wait") - waits in (3, 4)
 
 
 def test_a_broker_killed_mid_session_fails_calls_in_flight_as_unavailable_and_the_next_call_reopens(

@@ -66,11 +66,33 @@ def test_main_refuses_bad_overrides_before_running(app_dir: Path, capsys: pytest
 def test_overrides_apply_and_the_environment_gives_the_default_broker(
         app_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[Worker] = []
-    monkeypatch.setattr(Worker, "run", lambda self: ran.append(self))
+    loops: list[str] = []
+    monkeypatch.setattr(Worker, "run", lambda self, event_loop: (ran.append(self), loops.append(event_loop)))
     assert main(["cli_app_for_tests:worker", "--concurrency", "3", "--queues", "a, b"]) == 0
     assert (ran[0].broker, ran[0].concurrency, ran[0].queues) == ("configured:1", 3, ("a", "b"))
+    assert loops == ["auto"]
     monkeypatch.setenv("CONVEYOR_BROKER", "from-env:2")
     assert main(["cli_app_for_tests:worker"]) == 0
     assert ran[1].broker == "from-env:2"
     assert main(["cli_app_for_tests:worker", "--broker", "flag:3"]) == 0
     assert ran[2].broker == "flag:3"
+
+
+def test_the_event_loop_comes_from_the_flag_or_the_environment(
+        app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    loops: list[str] = []
+    monkeypatch.setattr(Worker, "run", lambda self, event_loop: loops.append(event_loop))
+    monkeypatch.setenv("CONVEYOR_EVENT_LOOP", "asyncio")
+    assert main(["cli_app_for_tests:worker"]) == 0
+    assert main(["cli_app_for_tests:worker", "--event-loop", "uvloop"]) == 0
+    assert loops == ["asyncio", "uvloop"]
+    monkeypatch.setenv("CONVEYOR_EVENT_LOOP", "trio")
+    assert main(["cli_app_for_tests:worker"]) == 2
+    assert "event_loop must be one of auto, uvloop, asyncio, got 'trio'" in capsys.readouterr().err
+    assert loops == ["asyncio", "uvloop"]
+
+
+def test_run_refuses_an_unknown_event_loop_before_connecting() -> None:
+    worker = load_worker("worker_sdk.examples:worker")
+    with pytest.raises(ValueError, match="event_loop must be one of auto, uvloop, asyncio, got 'trio'"):
+        worker.run(event_loop="trio")
