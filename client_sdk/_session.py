@@ -58,8 +58,10 @@ def submit_call(spec: ts.TaskSpec) -> ts.SessionCall:
 
 
 def submit_and_wait_call(spec: ts.TaskSpec, seconds: float) -> ts.SessionCall:
+    # Only the outcome is wanted: no `submitted` reply (a broker before 0.4 sends it anyway, and
+    # `_final` passes over it).
     return ts.SessionCall(submit_and_wait=ts.SessionSubmitAndWait(
-        task=spec, timeout=_convert.duration(min(max(0.0, seconds), MAX_WAIT_SECONDS))))
+        task=spec, timeout=_convert.duration(min(max(0.0, seconds), MAX_WAIT_SECONDS)), skip_submitted=True))
 
 
 def wait_call(task_id: str, seconds: float) -> ts.SessionCall:

@@ -26,7 +26,7 @@ from broker_service.dispatch import Dispatcher, enqueue
 from broker_service.domain import NewTask, TaskRecord
 from broker_service.events import RESYNC, EventHub
 from broker_service.metrics import Metrics
-from broker_service.store.store import Store
+from broker_service.store.store import EnqueueResult, Store
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
@@ -53,6 +53,7 @@ class _Submit:
     call_id: int
     task: NewTask
     wait_seconds: float | None  # submit_and_wait: how long to wait once stored
+    tell_stored: bool = True  # a submit_and_wait answers `submitted` first unless it skips it
 
 
 @dataclass(slots=True)
@@ -222,7 +223,7 @@ class ClientSession:
                 raise invalid_argument("submit_and_wait.task", "required")
             seconds = _wait_seconds(request, "submit_and_wait.timeout")
             task = validate.submitted_task(request.task, "submit_and_wait.task", limits, now)
-            self._submits.append(_Submit(call.call_id, task, seconds))
+            self._submits.append(_Submit(call.call_id, task, seconds, not request.skip_submitted))
         elif kind == "wait":
             ulid, queue = validate.task_id(call.wait.task_id, "wait.task_id")
             self._wait(call.call_id, queue, ulid, _wait_seconds(call.wait, "wait.timeout"))
@@ -262,17 +263,14 @@ class ClientSession:
         for item, result in zip(items, results, strict=True):
             if result.duplicate:
                 self._metrics.duplicates.labels(queue, result.duplicate_kind).inc()
-            # A duplicate whose original record has expired has no state to tell (UNSPECIFIED).
-            state = 0 if result.state is None else int(result.state)
-            submitted = ts.EnqueueTaskResponse(task_id=f"{result.ulid}@{queue}", state=state,
-                                               duplicate=result.duplicate)
             if item.wait_seconds is None:
-                self._answer(item.call_id, submitted=submitted)
-            else:
-                self._outbox.append(ts.SessionReply(call_id=item.call_id, submitted=submitted))
+                self._answer(item.call_id, submitted=_submitted(queue, result))
+                continue
+            if item.tell_stored:
+                self._outbox.append(ts.SessionReply(call_id=item.call_id, submitted=_submitted(queue, result)))
                 self._ready.set()
-                # A task this call leased to a worker here cannot have ended yet: no first read.
-                self._wait(item.call_id, queue, result.ulid, item.wait_seconds, read=result.ulid not in handed)
+            # A task this call leased to a worker here cannot have ended yet: no first read.
+            self._wait(item.call_id, queue, result.ulid, item.wait_seconds, read=result.ulid not in handed)
 
     # --- waits: one listener per queue, a read when a task ends or a deadline passes ---------
 
@@ -415,6 +413,12 @@ class ClientSession:
         if len(self._in_flight) < MAX_IN_FLIGHT:
             self._room.set()
         self._ready.set()
+
+
+def _submitted(queue: str, result: EnqueueResult) -> ts.EnqueueTaskResponse:
+    # A duplicate whose original record has expired has no state to tell (UNSPECIFIED).
+    return ts.EnqueueTaskResponse(task_id=f"{result.ulid}@{queue}", state=0 if result.state is None else
+                                  int(result.state), duplicate=result.duplicate)
 
 
 def _status(error: ApiError) -> status_pb2.Status:

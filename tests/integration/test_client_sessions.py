@@ -103,6 +103,26 @@ def test_submit_and_wait_answers_submitted_then_the_result(
     assert replies[1].task.result == b"5"
 
 
+def test_submit_and_wait_with_skip_submitted_answers_once_with_the_result_or_the_state_at_its_deadline(
+    stub: task_service_pb2_grpc.TaskServiceStub, start_worker: StartWorker, queue_name: str
+) -> None:
+    start_worker(queue_name)
+    replies = _session(stub, ts.SessionRequest(calls=[
+        ts.SessionCall(call_id=1, submit_and_wait=ts.SessionSubmitAndWait(
+            task=_spec(queue_name), timeout=_seconds(10), skip_submitted=True)),
+        ts.SessionCall(call_id=2, submit_and_wait=ts.SessionSubmitAndWait(
+            task=_spec(queue_name, delay=_seconds(60)), timeout=_seconds(0.2), skip_submitted=True)),
+        ts.SessionCall(call_id=3, submit_and_wait=ts.SessionSubmitAndWait(
+            task=_spec(queue_name, priority=10), skip_submitted=True)),
+    ]))
+
+    [done], [pending], [bad] = replies[1], replies[2], replies[3]
+    assert done.task.state == task_pb2.TASK_STATE_SUCCEEDED and done.task.result == b"5"
+    assert done.task.id.endswith("@" + queue_name)
+    assert pending.task.state == task_pb2.TASK_STATE_SCHEDULED  # as it stood when the 0.2 s passed
+    assert _field(bad.error) == "submit_and_wait.task.priority"
+
+
 def test_a_wait_answers_the_latest_state_when_its_timeout_passes_and_not_found_for_an_unknown_task(
     stub: task_service_pb2_grpc.TaskServiceStub, fast_client: Client, queue_name: str
 ) -> None:

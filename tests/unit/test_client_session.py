@@ -13,7 +13,14 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from client_sdk._errors import DeadlineExceededError, InvalidArgumentError, NotFoundError, UnavailableError
-from client_sdk._session import AsyncSession, SessionsUnsupported, _take, outcome, submit_call
+from client_sdk._session import (
+    AsyncSession,
+    SessionsUnsupported,
+    _take,
+    outcome,
+    submit_and_wait_call,
+    submit_call,
+)
 
 
 class StreamError(grpc.RpcError):
@@ -169,7 +176,14 @@ def test_a_message_takes_calls_up_to_the_byte_limit_but_always_one() -> None:
     assert sizes == [2, 1, 1]
 
 
+def test_the_sdk_asks_for_the_outcome_only() -> None:
+    call = submit_and_wait_call(_spec(), 3.0)
+    assert call.submit_and_wait.skip_submitted
+    assert call.submit_and_wait.timeout.seconds == 3
+
+
 def test_a_submit_and_wait_call_resolves_with_its_task_not_its_submitted_reply() -> None:
+    """What a broker before 0.4, which ignores `skip_submitted`, answers."""
     async def scenario() -> ts.SessionReply:
         stub = FakeStub()
         session = AsyncSession(stub)

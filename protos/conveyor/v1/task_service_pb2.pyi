@@ -180,12 +180,14 @@ class SessionWait(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SessionSubmitAndWait(_message.Message):
-    __slots__ = ("task", "timeout")
+    __slots__ = ("task", "timeout", "skip_submitted")
     TASK_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
     task: TaskSpec
     timeout: _duration_pb2.Duration
-    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    skip_submitted: bool
+    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., skip_submitted: _Optional[bool] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
     __slots__ = ("replies",)
