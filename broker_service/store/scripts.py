@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from broker_service.domain import DEFAULT_CONTENT_TYPE, Completion, Failure, Lease, NewTask
+from broker_service.store.direct import DirectCalls
 from broker_service.store.errors import redis_errors
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.records import headers_to
@@ -129,6 +130,7 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._calls = DirectCalls(redis)
         self._scripts = read_scripts()
 
     @property
@@ -152,11 +154,11 @@ class Scripts:
         sha = self._scripts[name].sha
         with redis_errors():
             try:
-                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args)
             except NoScriptError:
                 log.info("script cache empty (redis restarted?), loading scripts script=%s", name)
                 await self.load()
-                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from redis.asyncio import Redis
 
 from broker_service.domain import Completion, Failure, Lease, NewTask, RetryPolicy, TaskError
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
@@ -91,7 +92,7 @@ class RecordingScripts(Scripts):
     """Scripts whose `run` records what a wrapper passes instead of calling Redis."""
 
     def __init__(self) -> None:
-        super().__init__(None)  # type: ignore[arg-type]
+        super().__init__(Redis())  # never connects: `run` is replaced
         self.calls: list[tuple[str, list[str], list[Any]]] = []
 
     async def run(self, name: str, keys: Any, args: Any) -> Any:
