@@ -25,7 +25,7 @@ from worker_sdk.errors import WorkerError
 
 logger = logging.getLogger(__name__)
 
-SDK = "conveyor-python/0.4.0"
+SDK = "conveyor-python/0.5.0"
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 10.0
 DRAIN_FLUSH_MAX = 10.0
@@ -238,7 +238,7 @@ class Session:
         await call.write(wpb.WorkerMessage(hello=wpb.Hello(
             worker_id=me.worker_id, queues=me.queues, task_names=me.task_names, concurrency=me.concurrency,
             claims=[wpb.LeaseRef(task_id=t, lease_token=k) for t, k in claims],
-            hostname=me.hostname, pid=me.pid, sdk=SDK)))
+            hostname=me.hostname, pid=me.pid, sdk=SDK, acks_ride=True)))
         try:
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
         except TimeoutError:
@@ -288,10 +288,13 @@ class Session:
             kind = message.WhichOneof("kind")
             logger.debug("received %s", kind)
             handler = handlers.get(kind or "")
-            if handler is None:
-                logger.warning("unexpected message from the broker kind=%s", kind)
-            else:
+            if handler is not None:
                 handler(message)
+            elif kind is not None or not message.acks:
+                logger.warning("unexpected message from the broker kind=%s", kind)
+            # Answers to earlier Outcomes riding along: after the tasks, which are waiting to start.
+            for acks in message.acks:
+                self._acks(acks.acks, self._pop(self._outcome_batches))
 
     @staticmethod
     def _pop(sent: deque[list[LeaseKey]]) -> list[LeaseKey]:

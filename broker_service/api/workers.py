@@ -40,6 +40,10 @@ T = TypeVar("T")
 
 HELLO_TIMEOUT = 10.0
 MAX_PUSH = 256  # most tasks in one Assignments message
+# Longest an Outcomes message's acknowledgements wait for Assignments to ride along with, for a
+# worker that takes them so (Hello.acks_ride): a busy worker gets a task back for every outcome,
+# so its acks cost no message of their own; an idle one gets them alone this much later.
+ACK_RIDE_SECONDS = 0.005
 MAX_CONCURRENCY = 100_000
 _RELEASE_REASONS = {r.value for r in RedeliveryReason} - {RedeliveryReason.LEASE_EXPIRED.value}
 
@@ -96,6 +100,9 @@ class WorkerSession:
         self._closed = False
         self._error: BaseException | None = None
         self._unsent: list[ws.Assignment] = []
+        self._acks_ride = hello.acks_ride
+        self._held_acks: list[ws.OutcomeAcks] = []  # waiting for Assignments to ride along with
+        self._acks_timer: asyncio.TimerHandle | None = None
         self._slot_waits: set[str] = set()  # queues at their max_running with tasks left
         # Queues whose last lease found nothing left: a credit alone does not lease them again,
         # a wake-up for the queue does (every script that fills `queued` publishes one).
@@ -149,6 +156,7 @@ class WorkerSession:
             return
         self._draining = True
         self._wake.set()
+        self._send_held_acks()
         self._outbox.put_nowait(ws.BrokerMessage(drain=ws.Drain(reason=reason, grace=convert.duration(
             int(grace * 1000)))))
 
@@ -177,6 +185,8 @@ class WorkerSession:
         finally:
             self._closed = True
             self._wake.set()
+            if self._acks_timer is not None:
+                self._acks_timer.cancel()
             reader.cancel()
             # The dispatcher is not cancelled mid-lease: a lease whose reply is lost would leave
             # tasks RUNNING for nobody until their lease expires.
@@ -205,6 +215,7 @@ class WorkerSession:
             raise
         except BaseException as exc:  # noqa: BLE001 - ends the session with a mapped status
             self._error = exc
+        self._send_held_acks()
         self._outbox.put_nowait(None)
 
     async def _read(self, requests: AsyncIterator[ws.WorkerMessage]) -> None:
@@ -277,8 +288,31 @@ class WorkerSession:
         for task in leased:
             self.held[task.task_id] = task.lease_token
             wait.observe(max(0, task.started_ms - task.queued_at_ms) / 1000)
-        self._outbox.put_nowait(ws.BrokerMessage(assignments=ws.Assignments(
-            assignments=[convert.assignment(task) for task in leased])))
+        assignments = ws.Assignments(assignments=[convert.assignment(task) for task in leased])
+        self._outbox.put_nowait(ws.BrokerMessage(assignments=assignments, acks=self._take_held_acks()))
+
+    def _acknowledge(self, acks: ws.OutcomeAcks) -> None:
+        """Sends an Outcomes message's acks, or holds them for the next Assignments (acks_ride)."""
+        if not self._acks_ride:
+            self._outbox.put_nowait(ws.BrokerMessage(outcome_acks=acks))
+            return
+        self._held_acks.append(acks)
+        if self._acks_timer is None:
+            self._acks_timer = asyncio.get_running_loop().call_later(ACK_RIDE_SECONDS, self._send_held_acks)
+
+    def _take_held_acks(self) -> list[ws.OutcomeAcks]:
+        if not self._held_acks:
+            return []
+        if self._acks_timer is not None:
+            self._acks_timer.cancel()
+            self._acks_timer = None
+        held, self._held_acks = self._held_acks, []
+        return held
+
+    def _send_held_acks(self) -> None:
+        """Sends the held acks on their own, in order (no Assignments came in time)."""
+        for acks in self._take_held_acks():
+            self._outbox.put_nowait(ws.BrokerMessage(outcome_acks=acks))
 
     def _idle_timeout(self, retry_at: float | None, now: float) -> float:
         """How long to wait for a wake-up when nothing was leased."""
@@ -344,9 +378,9 @@ class WorkerSession:
             if not ok:
                 log.info("outcome refused: stale lease task_id=%s worker=%s", outcome.task_id, self.worker_id)
         stale = ws.OUTCOME_STATUS_STALE
-        self._outbox.put_nowait(ws.BrokerMessage(outcome_acks=ws.OutcomeAcks(acks=[
+        self._acknowledge(ws.OutcomeAcks(acks=[
             ws.OutcomeAck(task_id=o.task_id, status=ws.OUTCOME_STATUS_ACCEPTED if ok else stale)
-            for o, ok in zip(outcomes, accepted, strict=True)])))
+            for o, ok in zip(outcomes, accepted, strict=True)]))
 
     async def _apply(self, queue: str, kind: str, group: list[tuple[int, str]],
                      outcomes: Sequence[ws.Outcome]) -> list[bool]:

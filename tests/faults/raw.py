@@ -20,7 +20,8 @@ class RawWorker:
     stream that ends puts its RpcError (or None after a clean end) in the inbox.
     """
 
-    def __init__(self, address: str, *, worker_id: str, queues: list[str], concurrency: int = 1) -> None:
+    def __init__(self, address: str, *, worker_id: str, queues: list[str], concurrency: int = 1,
+                 acks_ride: bool = False) -> None:
         self._channel = grpc.insecure_channel(address)
         self._outbox: queue.Queue[wpb.WorkerMessage | None] = queue.Queue()
         self._inbox: queue.Queue[wpb.BrokerMessage | grpc.RpcError | None] = queue.Queue()
@@ -29,7 +30,7 @@ class RawWorker:
         self._reader = threading.Thread(target=self._read, name=f"raw-{worker_id}", daemon=True)
         self._reader.start()
         self.send(hello=wpb.Hello(worker_id=worker_id, queues=queues, concurrency=concurrency,
-                                  sdk="conveyor-tests-raw/0"))
+                                  sdk="conveyor-tests-raw/0", acks_ride=acks_ride))
         self.welcome = self.expect("welcome").welcome
 
     def _requests(self) -> Iterator[wpb.WorkerMessage]:
@@ -53,17 +54,21 @@ class RawWorker:
         """The next BrokerMessage of `kind`, skipping others; AssertionError when none comes in time."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._inbox.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                raise AssertionError(f"no {kind} message within {timeout}s") from None
-            if item is None:
-                raise AssertionError(f"the stream ended before a {kind} message")
-            if isinstance(item, grpc.RpcError):
-                raise AssertionError(f"the stream failed before a {kind} message: {item}")
+            item = self.next(kind, max(0.0, deadline - time.monotonic()))
             if item.WhichOneof("kind") == kind:
                 return item
+
+    def next(self, awaited: str = "any", timeout: float = 10.0) -> wpb.BrokerMessage:
+        """The next BrokerMessage, whatever its kind; AssertionError when none comes in time."""
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no {awaited} message within {timeout}s") from None
+        if item is None:
+            raise AssertionError(f"the stream ended before a {awaited} message")
+        if isinstance(item, grpc.RpcError):
+            raise AssertionError(f"the stream failed before a {awaited} message: {item}")
+        return item
 
     def end(self, timeout: float = 10.0) -> grpc.RpcError | None:
         """Waits for the broker to end the stream; returns its error (None for a clean end)."""

@@ -105,7 +105,8 @@ def test_three_replicas_fire_every_tick_exactly_once_even_when_one_is_killed(
     fired = sum(b.metric("conveyor_schedule_ticks_fired_total", queue=queue_name) for b in (second, third))
     assert 0 < fired <= paused.fire_count
     assert second.metric("conveyor_schedules") == third.metric("conveyor_schedules") == 1
-    assert second.metric("conveyor_schedule_fire_lag_seconds_count") > 0
+    # Whichever replica's pass comes first after a tick fires it: either may have fired them all.
+    assert sum(b.metric("conveyor_schedule_fire_lag_seconds_count") for b in (second, third)) > 0
 
 
 @pytest.fixture

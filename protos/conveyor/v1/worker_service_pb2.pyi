@@ -56,7 +56,7 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., outcomes: _Optional[_Union[Outcomes, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("worker_id", "queues", "task_names", "concurrency", "claims", "hostname", "pid", "sdk")
+    __slots__ = ("worker_id", "queues", "task_names", "concurrency", "claims", "hostname", "pid", "sdk", "acks_ride")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     SDK_FIELD_NUMBER: _ClassVar[int]
+    ACKS_RIDE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     queues: _containers.RepeatedScalarFieldContainer[str]
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -73,7 +74,8 @@ class Hello(_message.Message):
     hostname: str
     pid: int
     sdk: str
-    def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., claims: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., sdk: _Optional[str] = ...) -> None: ...
+    acks_ride: bool
+    def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., claims: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., sdk: _Optional[str] = ..., acks_ride: _Optional[bool] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("credits",)
@@ -158,20 +160,22 @@ class Progress(_message.Message):
     def __init__(self, updates: _Optional[_Iterable[_Union[ProgressUpdate, _Mapping]]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
-    __slots__ = ("welcome", "assignments", "cancel", "lease_statuses", "outcome_acks", "drain")
+    __slots__ = ("welcome", "assignments", "cancel", "lease_statuses", "outcome_acks", "drain", "acks")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     LEASE_STATUSES_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_ACKS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignments: Assignments
     cancel: CancelTasks
     lease_statuses: LeaseStatuses
     outcome_acks: OutcomeAcks
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[CancelTasks, _Mapping]] = ..., lease_statuses: _Optional[_Union[LeaseStatuses, _Mapping]] = ..., outcome_acks: _Optional[_Union[OutcomeAcks, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    acks: _containers.RepeatedCompositeFieldContainer[OutcomeAcks]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[CancelTasks, _Mapping]] = ..., lease_statuses: _Optional[_Union[LeaseStatuses, _Mapping]] = ..., outcome_acks: _Optional[_Union[OutcomeAcks, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[OutcomeAcks, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("broker_id", "heartbeat_interval", "claims", "outcome_credits")
