@@ -146,7 +146,8 @@ def _header(meta: dict[str, Any]) -> str:
     sizes = meta["sizes"]
     lines.append(f"- Each figure is the median of {sizes['runs']} run(s) (scenario 8 on the peers: "
                  f"{sizes['peer_sleep_runs']}); ratios are Conveyor's figure divided by the peer's, so above "
-                 "1× is better for rates and below 1× is better for latency, CPU and memory.")
+                 "1× is better for rates and below 1× is better for latency, CPU and memory. The scenarios run "
+                 "one after another, each system in turn within a scenario.")
     return "\n".join(lines)
 
 

@@ -240,19 +240,28 @@ def _jobs(bench: Bench, system: System, scenarios: list[str], out: dict[str, Any
 
 def _run_all(bench: Bench, systems: list[System], scenarios: list[str], out: dict[str, Any],
              peer_sleep: bool) -> None:
-    for system in systems:
-        for scenario, variant, job in _jobs(bench, system, scenarios, out, peer_sleep):
-            try:
-                value = job()
-            except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
-                error = exc if isinstance(exc, BenchError) else BenchError(f"{type(exc).__name__}: {exc}")
-                bench.progress(f"{system.label}: scenario {scenario} {variant} failed: {error}")
-                value = {"error": str(error), "runs": [], "median": {}}
-            if scenario == "5":
-                variant = value.pop("variant", variant or "open loop")
-            out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
+    # Scenario by scenario, each system in turn: the figures a ratio compares are taken minutes
+    # apart, not a whole system's run apart (a shared machine's speed drifts over half an hour).
+    plans = [(system, _jobs(bench, system, scenarios, out, peer_sleep)) for system in systems]
+    order = list(dict.fromkeys(scenario for _, jobs in plans for scenario, _, _ in jobs))
+    for current in order:
+        for system, jobs in plans:
+            _run_scenario(bench, system, [job for job in jobs if job[0] == current], out)
     if "5" in scenarios:
         _open_loop_at_peer_rate(bench, systems, out)
+
+
+def _run_scenario(bench: Bench, system: System, jobs: list[Job], out: dict[str, Any]) -> None:
+    for scenario, variant, job in jobs:
+        try:
+            value = job()
+        except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
+            error = exc if isinstance(exc, BenchError) else BenchError(f"{type(exc).__name__}: {exc}")
+            bench.progress(f"{system.label}: scenario {scenario} {variant} failed: {error}")
+            value = {"error": str(error), "runs": [], "median": {}}
+        if scenario == "5":
+            variant = value.pop("variant", variant or "open loop")
+        out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
 
 
 def _open_loop(bench: Bench, system: System, out: dict[str, Any]) -> dict[str, Any]:
