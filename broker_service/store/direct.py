@@ -2,10 +2,11 @@
 
 `Redis.execute_command` takes a connection from the pool for every command: a lock, a condition,
 a check that nothing is left unread on the socket, retry and telemetry hooks. On this broker's
-hot path (two script calls per task) that was half of each call's CPU (about 90 µs of 180 µs
-per call measured with uvloop). `DirectCalls` borrows connections from the same pool once and
-keeps them: a call takes an idle one, sends, reads, and puts it back. They still count against
-the pool's bound, and a burst beyond the connections kept goes through `execute_command` as before.
+hot path (two script calls per task) that is half of each call's CPU: a sequential PING took
+91 µs of CPU through it and 47 µs on a kept connection (uvloop). `DirectCalls` borrows
+connections from the same pool once and keeps them: a call takes an idle one, sends, reads, and
+puts it back. They still count against the pool's bound, and a burst beyond the connections
+kept goes through `execute_command` as before.
 
 The rules are the client's: one retry at once, on a fresh connection, after a connection error
 (a Redis restart leaves every kept connection dead); a timeout or a cancelled call closes the
