@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from conveyor.v1 import worker_service_pb2 as wpb
 
-from client_sdk import Client
+from client_sdk import Client, TaskState
 from tests.faults.raw import RawWorker
 from tests.helpers import BrokerProcess
 
@@ -56,4 +56,4 @@ def test_every_outcome_is_acknowledged_once_in_order(
         assert message.WhichOneof("kind") == "outcome_acks"  # the last one, with nothing to ride on
     else:
         assert ridden == 0
-    assert all(fast_client.get(h.id).state.name == "SUCCEEDED" for h in handles)
+    assert all(fast_client.get(h.id).state is TaskState.SUCCEEDED for h in handles)
