@@ -240,8 +240,12 @@ class ClientSession:
                 for item in batch:
                     by_queue[item.task.queue].append(item)
                 size = self._owner.limits.max_batch_size  # the longest script the operator allows
-                await asyncio.gather(*(self._write_queue(queue, items[i:i + size])
-                                       for queue, items in by_queue.items() for i in range(0, len(items), size)))
+                writes = [(queue, items[i:i + size]) for queue, items in by_queue.items()
+                          for i in range(0, len(items), size)]
+                if len(writes) == 1:  # the usual case: no gather, no task of its own
+                    await self._write_queue(*writes[0])
+                else:
+                    await asyncio.gather(*(self._write_queue(queue, items) for queue, items in writes))
         finally:
             self._writer = None
             self._ready.set()

@@ -397,6 +397,8 @@ class WorkerSession:
             finally:
                 for ulid, record in zip(watched, records, strict=True):
                     ends.stored(queue, ulid, record if record is not None and record.state.terminal else None)
+            if watched:  # let the waiters' streams answer before this session's bookkeeping
+                await asyncio.sleep(0)
             accepted = [ms is not None for ms in run_ms]
             m.completed.labels(queue).inc(sum(accepted))
             histogram = m.run_seconds.labels(queue)

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from broker_service.domain import DEFAULT_CONTENT_TYPE, Completion, Failure, Lease, NewTask
-from broker_service.store.direct import DirectCalls
+from broker_service.store.direct import DirectCalls, pack, pack_parts
 from broker_service.store.errors import redis_errors
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.records import headers_to
@@ -63,6 +63,8 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 Arg = str | bytes | int | float
+# Script calls' packed EVALSHA, SHA and KEYS kept (cleared when full: a few per queue in use).
+MAX_PACKED_HEADS = 4096
 Call = tuple[str, list[str], list[Arg]]  # a script's name, KEYS and ARGV
 
 
@@ -131,6 +133,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._calls = DirectCalls(redis)
+        self._heads: dict[tuple[str, ...], bytes] = {}  # (script, *KEYS) -> EVALSHA, SHA and KEYS packed
         self._scripts = read_scripts()
 
     @property
@@ -152,13 +155,20 @@ class Scripts:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """EVALSHA of script `name`; errors leave as domain errors (see errors.py)."""
         sha = self._scripts[name].sha
+        head_key = (name, *keys)
+        head = self._heads.get(head_key)
+        if head is None:  # the same few per queue: packed once
+            if len(self._heads) >= MAX_PACKED_HEADS:
+                self._heads.clear()
+            head = self._heads[head_key] = pack_parts(["EVALSHA", sha, len(keys), *keys])
+        packed = pack(args, head, 3 + len(keys))
         with redis_errors():
             try:
-                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args)
+                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args, packed=packed)
             except NoScriptError:
                 log.info("script cache empty (redis restarted?), loading scripts script=%s", name)
                 await self.load()
-                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args)
+                return await self._calls.execute("EVALSHA", sha, len(keys), *keys, *args, packed=packed)
 
     # One wrapper per script: KEYS from SCRIPT_KEYS, ARGV in the order of the script's header.
 

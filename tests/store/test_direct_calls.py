@@ -11,7 +11,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from broker_service.store.direct import DirectCalls
+from broker_service.store.direct import DirectCalls, pack, pack_parts
 from tests.redis_process import RedisProcess
 
 T = TypeVar("T")
@@ -85,3 +85,28 @@ def test_a_connection_the_server_closed_is_replaced_once(redis_server: RedisProc
         return [await calls.execute("ECHO", "again"), calls.held]
 
     assert run(redis_server, body, keep=1) == [b"again", 1]
+
+
+def test_pack_writes_what_the_client_would() -> None:
+    from redis.asyncio.connection import Connection
+
+    args: list[str | bytes | int | float] = ["EVALSHA", "a" * 40, 2, "{ns:q}:t:", "{ns:q}:queued", b"\x00\xffbytes",
+                                             "text é", 0, -7, 1.5, 1e-7, ""]
+    expected = b"".join(Connection().pack_command(*args))
+    assert pack(args) == expected
+    head = pack_parts(args[:5])
+    assert pack(args[5:], head, 5) == expected
+
+
+def test_pack_refuses_what_the_client_refuses() -> None:
+    for bad in (True, None, [1]):
+        with pytest.raises(TypeError):
+            pack(["SET", "k", bad])  # type: ignore[list-item]
+
+
+def test_a_packed_command_runs_as_given(redis_server: RedisProcess) -> None:
+    async def body(calls: DirectCalls, client: redis.asyncio.Redis) -> object:
+        await calls.execute("SET", "direct:packed", "x", packed=pack(["SET", "direct:packed", "from packed"]))
+        return await client.get("direct:packed")
+
+    assert run(redis_server, body) == b"from packed"
