@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from abc import ABC, abstractmethod
 from typing import Any
 
 from broker_service.domain import StoreUnavailableError
 
 log = logging.getLogger(__name__)
+# Each pause between passes is the interval give or take this share: replicas started together
+# drift apart, so the first to pass after a schedule's tick (or a lease's deadline) varies and the
+# work spreads over them instead of one replica doing all of it while the others find nothing.
+JITTER = 0.1
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], retry_every: float = 0.1) -> None:
@@ -31,7 +36,7 @@ async def cancel_and_wait(task: asyncio.Task[Any], retry_every: float = 0.1) -> 
 
 
 class PeriodicLoop(ABC):
-    """Runs `tick()` every `interval` seconds until stopped; a failing tick is logged, not fatal."""
+    """Runs `tick()` every `interval` seconds (±JITTER) until stopped; a failing tick is logged, not fatal."""
 
     name = "loop"
 
@@ -62,4 +67,4 @@ class PeriodicLoop(ABC):
                 unavailable = True
             except Exception:
                 log.exception("%s tick failed", self.name)
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.interval * random.uniform(1 - JITTER, 1 + JITTER))
