@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["DirectCalls", "pack"]
+__all__ = ["DirectCalls", "pack", "pack_parts"]
 
 # Most connections kept (and never more than half the pool's bound): enough for the script
 # calls a busy broker has in flight at once, since sessions batch their tasks.
