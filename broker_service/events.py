@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from broker_service.domain import TaskRecord
@@ -23,6 +24,8 @@ AnyListener = Callable[[str, str, str], None]
 # missed (the subscription was re-established): re-read whatever you wait for.
 Listener = Callable[[str, str], None]
 RESYNC = "resync"
+# Longest wait for the subscription in hand before adding the `running` events to it.
+RUNNING_SUBSCRIBE_WAIT = 30.0
 
 
 # Told a watched task's final record: (queue, ulid, record), or None when it could not be read
@@ -79,20 +82,40 @@ class TaskEnds:
 
 
 class EventHub:
-    """Subscribes once (PSUBSCRIBE on every queue's events channel) and calls listeners per queue."""
+    """Subscribes once (PSUBSCRIBE on every queue's events channel) and calls listeners per queue.
+
+    `running` events have a channel of their own (see lua/KEYS.md), subscribed to from the first
+    listener that asks for them (`add(..., running=True)`) on: until then the broker does not
+    read one event per lease that nobody here would act on.
+    """
 
     def __init__(self, redis: Redis, keys: GlobalKeys) -> None:
         self._redis = redis
         self._pattern = keys.queue("*").events
-        self._prefix, self._suffix = self._pattern.split("*")
+        self._running_pattern = keys.queue("*").running_events
+        # (prefix, suffix) around the queue name in each pattern's channels
+        self._affixes = {pattern.encode(): tuple(pattern.split("*"))
+                         for pattern in (self._pattern, self._running_pattern)}
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._pubsub: PubSub | None = None
+        self._want_running = False
         self.connected = asyncio.Event()
         self._any: set[AnyListener] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.ends = TaskEnds()
 
-    def add(self, queue: str, listener: Listener) -> None:
+    def add(self, queue: str, listener: Listener, *, running: bool = False) -> None:
+        """Calls `listener` with the queue's events; `running` events too when asked (every
+        listener gets them once one has asked: they are state changes like the others)."""
         self._listeners[queue].add(listener)
+        if running and not self._want_running:
+            self._want_running = True
+            if self._pubsub is not None:  # else the next subscription includes them
+                # The hub's task reads the confirmation and tells every listener to re-read.
+                task = asyncio.create_task(self._subscribe_running(self._pubsub), name="event-hub-running")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     def remove(self, queue: str, listener: Listener) -> None:
         listeners = self._listeners.get(queue)
@@ -112,25 +135,36 @@ class EventHub:
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            await cancel_and_wait(task)
         if self._task is not None:
             await cancel_and_wait(self._task)
+
+    async def _subscribe_running(self, pubsub: PubSub) -> None:
+        # Once the subscription in hand is confirmed (its connection exists); a lost connection
+        # makes _run subscribe anew, this pattern included.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), RUNNING_SUBSCRIBE_WAIT)
+            if pubsub is self._pubsub:
+                await pubsub.psubscribe(self._running_pattern)
 
     async def _run(self) -> None:
         delay = 0.1
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._pubsub = self._redis.pubsub()
             try:
-                await pubsub.psubscribe(self._pattern)
+                patterns = [self._pattern, self._running_pattern] if self._want_running else [self._pattern]
+                await pubsub.psubscribe(*patterns)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
                     if message is None:
                         continue
-                    if message["type"] == "psubscribe":
+                    if message["type"] == "psubscribe":  # events may have been missed: re-read
                         self.connected.set()
                         self._broadcast(RESYNC)
                         delay = 0.1
                     elif message["type"] == "pmessage":
-                        self._deliver(message["channel"], message["data"])
+                        self._deliver(message["pattern"], message["channel"], message["data"])
             except (RedisError, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("event subscription lost, retrying: %s", exc)
@@ -138,11 +172,13 @@ class EventHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _deliver(self, channel: bytes, data: bytes) -> None:
-        queue = channel.decode()[len(self._prefix):-len(self._suffix)]
+    def _deliver(self, pattern: bytes, channel: bytes, data: bytes) -> None:
+        prefix, suffix = self._affixes[pattern]
+        queue = channel.decode()[len(prefix):-len(suffix)]
         listeners = self._listeners.get(queue)
         if not listeners and not self._any:
             return

@@ -132,7 +132,7 @@ class TaskService(ts_grpc.TaskServiceServicer):
                 handed.append(record)
             changed.set()
 
-        self._hub.add(queue, listener)
+        self._hub.add(queue, listener, running=True)
         ends.watch(queue, ulid, ended)
         try:
             last: tuple[Any, ...] | None = None

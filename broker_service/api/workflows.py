@@ -95,7 +95,7 @@ class WorkflowService(wf_grpc.WorkflowServiceServicer):
 
         self._hub.add(channel, channel_listener)
         for queue in queues:
-            self._hub.add(queue, listener)
+            self._hub.add(queue, listener, running=True)
         try:
             last: tuple[Any, ...] | None = None
             while True:

@@ -88,6 +88,12 @@ class QueueKeys:
         """Pub/sub channel of the queue's state changes (see KEYS.md for the message format)."""
         return f"{self.tag}:events"
 
+    @property
+    def running_events(self) -> str:
+        """Pub/sub channel of the queue's `running` events alone: only task and workflow watchers
+        read them, so a broker subscribes to it only once it has one (see EventHub)."""
+        return f"{self.tag}:events:running"
+
     # Locks and limits. The four prefixes below are completed with a user's key inside the
     # scripts, the same exception as `task_prefix`: the tag comes first, so the slot stays the queue's.
 

@@ -28,7 +28,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending", "idem_prefix",
                 "uniq_prefix"),
     "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events", "limits",
-              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
+              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox", "running_events"),
     "extend": ("task_prefix", "running"),
     "complete": ("task_prefix", "running", "succeeded", "events", "queued", "held", "conc_prefix", "held_prefix",
                  "uniq_prefix", "wf_outbox"),

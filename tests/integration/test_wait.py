@@ -14,7 +14,7 @@ from conveyor.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from client_sdk import AsyncClient, Client, TaskState
 from tests.helpers import BrokerProcess, eventually, run_async
-from tests.integration.conftest import FAST_SETTINGS, StartWorker
+from tests.integration.conftest import FAST_SETTINGS, MakeBroker, StartWorker
 from worker_sdk.examples import add, sleep_then_add
 
 
@@ -44,10 +44,23 @@ def test_a_waiter_on_a_running_task_gets_its_terminal_state_as_soon_as_it_comple
 def test_a_wait_stream_reports_each_state_change_as_it_happens(
     fast_broker: BrokerProcess, start_worker: StartWorker, queue_name: str
 ) -> None:
-    with Client(fast_broker.address) as client:
+    _assert_stream_sees_every_state(fast_broker, start_worker, queue_name)
+
+
+def test_the_first_wait_stream_of_a_broker_gets_running_events_too(
+    make_broker: MakeBroker, start_worker: StartWorker, queue_name: str
+) -> None:
+    # `running` events have a channel of their own, which a broker subscribes to only once it has
+    # a watcher: this broker has had none before the stream.
+    broker = make_broker()
+    _assert_stream_sees_every_state(broker, start_worker, queue_name)
+
+
+def _assert_stream_sees_every_state(broker: BrokerProcess, start_worker: StartWorker, queue_name: str) -> None:
+    with Client(broker.address) as client:
         handle = client.enqueue(sleep_then_add.with_options(queue=queue_name), 3, 4, 0.5)
 
-    with grpc.insecure_channel(fast_broker.address) as channel:
+    with grpc.insecure_channel(broker.address) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         stream = stub.WaitTask(task_service_pb2.WaitTaskRequest(task_id=handle.id, timeout={"seconds": 30}),
                                timeout=35)
@@ -58,7 +71,7 @@ def test_a_wait_stream_reports_each_state_change_as_it_happens(
             if not worker_started:
                 # The waiter is in place on a QUEUED task; only now does a worker appear.
                 assert update.task.state == task_pb2.TASK_STATE_QUEUED
-                start_worker(queue_name, wait=False)
+                start_worker(queue_name, wait=False, broker=broker)
                 worker_started = True
 
     states = [state for state, _ in seen]

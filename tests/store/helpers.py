@@ -79,16 +79,19 @@ def queued_score(priority: int, ready_ms: int) -> int:
 
 
 class EventWatcher:
-    """Subscribes to a queue's events channel; `take` returns what arrived, with a deadline."""
+    """Subscribes to a queue's events channels (`running` has its own); `take` returns what
+    arrived on either, in the order it was published, with a deadline."""
 
     def __init__(self, client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> None:
+        keys = QueueKeys(namespace, queue)
         self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-        self._pubsub.subscribe(QueueKeys(namespace, queue).events)
+        self._pubsub.subscribe(keys.events, keys.running_events)
         deadline = time.monotonic() + 5
-        while True:  # wait for the subscription to be confirmed before anything is published
+        confirmed = 0
+        while confirmed < 2:  # wait for the subscriptions to be confirmed before anything is published
             message = self._pubsub.get_message(timeout=0.5)
             if message is not None and message["type"] == "subscribe":
-                break
+                confirmed += 1
             assert time.monotonic() < deadline, "no subscribe confirmation"
 
     def take(self, count: int, timeout: float = 2.0) -> list[str]:

@@ -14,6 +14,7 @@
 -- KEYS[12] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
 -- KEYS[13] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 -- KEYS[14] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[15] running_events channel  the queue's channel of `running` events (read by watchers only)
 --
 -- ARGV[1] count      int     most tasks to lease (expired ones do not count)
 -- ARGV[2] worker_id  string  the worker that receives them
@@ -35,7 +36,7 @@
 --   lease with tasks left: the ms until the next token; 0 when tasks are left that this call's
 --   bounds left unseen (call again now). `slots_full` 1 when max_running stopped the lease with
 --   tasks left (call again when a task of the queue leaves running), else 0.
--- Publishes: `running <ulids>`, `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
+-- Publishes: `running <ulids>` on running_events; on events `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
@@ -52,6 +53,7 @@ local conc_prefix = KEYS[11]
 local held_prefix = KEYS[12]
 local uniq_prefix = KEYS[13]
 local wf_outbox = KEYS[14]
+local running_events = KEYS[15]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
@@ -238,7 +240,7 @@ if left == 0 then slots_full = 0 end
 in_chunks('ZADD', running, to_run)
 in_chunks('ZADD', expired, expired_scores)
 in_chunks('ZREM', start_deadlines, unstart)
-if #run_ids > 0 then redis.call('PUBLISH', events, 'running ' .. table.concat(run_ids, ' ')) end
+if #run_ids > 0 then redis.call('PUBLISH', running_events, 'running ' .. table.concat(run_ids, ' ')) end
 if #expired_ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(expired_ids, ' ')) end
 if #unheld > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(unheld, ' ')) end
 -- workflow outbox: nodes that ended, for their workflows to advance (broker_service/workflows.py)
