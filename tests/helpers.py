@@ -68,9 +68,17 @@ def run_async(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports on 127.0.0.1 that were free a moment ago (picked one after the
+    other, two picks could give the same port once the first socket is closed)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
@@ -227,11 +235,11 @@ class BrokerProcess:
         settings: Mapping[str, object] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port, metrics_port = free_ports(2)
         self.settings: dict[str, object] = {
             "listen": f"127.0.0.1:{self.port}",
             "redis_url": redis_url,
-            "metrics_port": free_port(),
+            "metrics_port": metrics_port,
             "data_dir": str(log_path.parent / f"{log_path.stem}-data"),
             **(settings or {}),
         }
