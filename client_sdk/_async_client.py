@@ -324,11 +324,11 @@ class AsyncClient:
         budget = self.timeout if timeout is None else timeout
         spec = _convert.signature_spec(_convert.to_signature(task, (), {}))
         started = time.monotonic()
-        info = await self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
-        if info is None:
+        answer = await self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
+        if answer is None:
             handle = await self._submit(spec, budget)
             return await handle.result(max(0.0, budget - (time.monotonic() - started)))
-        return _convert.outcome(_convert.terminal_or_timeout(info, budget))
+        return _convert.call_outcome(answer, budget)
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its result; see `Client.result`.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -105,6 +107,12 @@ class TaskHandle:
         return f"<TaskHandle {self.id}>"
 
 
+def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
 class Client:
     """A synchronous Conveyor client over one gRPC channel; safe to share between threads.
 
@@ -144,7 +152,10 @@ class Client:
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
-        self._sessions = SyncSessionCalls(self._stub, timeout)
+        # (on a grpc.aio channel of their own: see SyncSessionCalls).
+        self._sessions = SyncSessionCalls(functools.partial(_aio_channel, target, credentials, opts), timeout)
+        self._abandoned = weakref.finalize(self, self._sessions.abandon)
+        self._abandoned.atexit = False
         self._batch_templates = True  # False once the broker showed it predates template batches
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -354,11 +365,11 @@ class Client:
         budget = self.timeout if timeout is None else timeout
         spec = _convert.signature_spec(_convert.to_signature(task, (), {}))
         started = time.monotonic()
-        info = self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
-        if info is None:
+        answer = self._sessions.submit_and_wait(spec, budget) if self._sessions.enabled else None
+        if answer is None:
             handle = self._submit(spec, budget)
             return handle.result(max(0.0, budget - (time.monotonic() - started)))
-        return _convert.outcome(_convert.terminal_or_timeout(info, budget))
+        return _convert.call_outcome(answer, budget)
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its result.
@@ -677,6 +688,7 @@ class Client:
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
+        self._abandoned.detach()
         self._sessions.close()
         self._channel.close()
 

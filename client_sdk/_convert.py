@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -339,6 +340,20 @@ def wait_request(task_id: str, seconds: float) -> task_service_pb2.WaitTaskReque
 def reconnect_delay(failures: int, remaining: float) -> float:
     """Pause before reopening a wait stream: growing with failures, never past the deadline."""
     return max(0.0, min(0.05 * 2.0 ** failures, 1.0, remaining))
+
+
+def call_outcome(message: task_pb2.Task, timeout: float) -> Any:
+    """`outcome(terminal_or_timeout(task_info(message), timeout))`, reading a success's result
+    straight from the message (a `call`'s usual answer needs no TaskInfo)."""
+    if message.state == task_pb2.TASK_STATE_SUCCEEDED:
+        content_type = message.result_content_type
+        if not is_json(content_type):
+            return message.result
+        if not message.result:
+            return None
+        with contextlib.suppress(ValueError):
+            return json.loads(message.result)
+    return outcome(terminal_or_timeout(task_info(message), timeout))
 
 
 def terminal_or_timeout(info: TaskInfo, timeout: float) -> TaskInfo:

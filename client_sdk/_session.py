@@ -11,18 +11,18 @@ the client falls back to the unary RPCs.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
+from conveyor.v1 import task_pb2, task_service_pb2_grpc
 from conveyor.v1 import task_service_pb2 as ts
 
-from client_sdk import _convert
+from client_sdk import _convert, _loop
 from client_sdk._errors import (
     ConveyorError,
     DeadlineExceededError,
@@ -36,6 +36,8 @@ from client_sdk._models import TaskInfo
 
 __all__ = ["AsyncSessionCalls", "SessionsUnsupported", "SyncSessionCalls"]
 
+T = TypeVar("T")
+
 # Extra time a wait's deadline gives the broker to answer it itself (as _client.STREAM_SLACK for WaitTask).
 STREAM_SLACK = 1.0
 # Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
@@ -45,6 +47,8 @@ MAX_CALLS_PER_MESSAGE = 1000
 MAX_MESSAGE_BYTES = _convert.MAX_BATCH_BYTES
 # Longest wait the broker accepts in one call; longer waits are asked again.
 MAX_WAIT_SECONDS = 86_400.0
+# How long closing the sync client's session and its channel may take.
+CLOSE_SECONDS = 10.0
 # The SDK names fields as the unary RPCs do, whichever way a call travelled.
 _FIELD_PREFIXES = (("submit.", "task."), ("submit_and_wait.task.", "task."), ("wait.task_id", "task_id"))
 
@@ -200,166 +204,71 @@ class AsyncSession:
         await asyncio.gather(self._writer, self._reader, return_exceptions=True)
 
 
-class SyncSession:
-    """A session on a sync channel, safe to share between threads.
-
-    grpc's own thread pulls messages from `_requests` as the previous one is written; a reader
-    thread of ours hands each reply to the thread waiting for it.
-    """
-
-    def __init__(self, stub: Any) -> None:
-        self._lock = threading.Condition()
-        self._pending: list[ts.SessionCall] = []
-        self._waiting: dict[int, concurrent.futures.Future[ts.SessionReply]] = {}
-        self._two_replies: set[int] = set()  # submit_and_wait calls: answered `submitted`, then `task`
-        self._ids = itertools.count(1)
-        self.error: Exception | None = None
-        self._opened = threading.Event()
-        self._responses = stub.OpenSession(self._requests())
-        self._opened.set()
-        self._reader = threading.Thread(target=self._read, name="conveyor-session", daemon=True)
-        self._reader.start()
-
-    def call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply:
-        """Sends one call and returns its reply (raising the SDK error it carries)."""
-        future: concurrent.futures.Future[ts.SessionReply] = concurrent.futures.Future()
-        with self._lock:
-            if self.error is not None:
-                raise self.error
-            call.call_id = call_id = next(self._ids)
-            self._waiting[call_id] = future
-            if call.WhichOneof("kind") == "submit_and_wait":
-                self._two_replies.add(call_id)
-            self._pending.append(call)
-            self._lock.notify()
-        try:
-            return outcome(future.result(timeout))
-        except concurrent.futures.TimeoutError:
-            raise _deadline_error(timeout) from None
-        finally:
-            self._waiting.pop(call_id, None)
-            self._two_replies.discard(call_id)
-
-    def _requests(self) -> Iterator[ts.SessionRequest]:
-        self._opened.wait()
-        self._responses.initial_metadata()  # the session is accepted (see AsyncSession._write)
-        while True:
-            with self._lock:
-                while not self._pending and self.error is None:
-                    self._lock.wait()
-                if self.error is not None:
-                    return
-                calls = _take(self._pending)
-            yield ts.SessionRequest(calls=calls)
-
-    def _read(self) -> None:
-        failure: BaseException | None = None
-        try:
-            for response in self._responses:
-                for reply in response.replies:
-                    future = self._waiting.get(reply.call_id)
-                    if future is not None and _final(reply, self._two_replies):
-                        with contextlib.suppress(concurrent.futures.InvalidStateError):
-                            future.set_result(reply)
-        except grpc.RpcError as exc:
-            failure = exc
-        self._fail(failure)
-
-    def _fail(self, exc: BaseException | None) -> None:
-        with self._lock:
-            if self.error is None:
-                self.error = _stream_error(exc)
-            waiting = list(self._waiting.values())
-            self._pending.clear()
-            self._lock.notify_all()
-        for future in waiting:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                future.set_exception(self.error)
-
-    def close(self) -> None:
-        """Cancels the stream; calls in flight raise UnavailableError."""
-        self._fail(UnavailableError("client closed"))
-        self._responses.cancel()
-        self._reader.join(timeout=5)
-
-
 class SyncSessionCalls:
-    """The sync client's submits and waits: over its session, or over the unary RPCs when the
-    broker has none. Safe to share between threads."""
+    """The sync client's submits and waits: `AsyncSessionCalls` on a grpc.aio channel of their
+    own, run by the calling threads on the process's `CallerLoop`. Safe to share between threads."""
 
-    def __init__(self, stub: Any, timeout: float) -> None:
-        self._stub = stub
+    def __init__(self, open_channel: Callable[[], Any], timeout: float) -> None:
+        self._open_channel = open_channel
+        self._stub: Any = None
+        self._channel: Any = None
+        self._loop = _loop.shared()
+        self._calls = AsyncSessionCalls(self._session_stub, timeout)
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._session: SyncSession | None = None
         self._closed = False
-        self.enabled = True  # False once the broker answered UNIMPLEMENTED to OpenSession
 
-    def _call(self, call: ts.SessionCall, timeout: float) -> ts.SessionReply | None:
-        """The call's reply; None when the broker has no sessions (the call was not run)."""
-        if not self.enabled:
-            return None
-        with self._lock:
-            if self._closed:
-                raise UnavailableError("client closed")
-            if self._session is None or self._session.error is not None:
-                self._session = SyncSession(self._stub)
-            session = self._session
+    @property
+    def enabled(self) -> bool:
+        """False once the broker answered UNIMPLEMENTED to OpenSession."""
+        return self._calls.enabled
+
+    def _session_stub(self) -> Any:
+        if self._stub is None:  # in the loop, on the first call: grpc.aio channels open inside it
+            self._channel = self._open_channel()
+            self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        return self._stub
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        if self._closed:
+            coro.close()
+            raise UnavailableError("client closed")
         try:
-            return session.call(call, timeout)
-        except SessionsUnsupported:
-            self.enabled = False
-            return None
+            return self._loop.run(coro, timeout)
+        except TimeoutError:
+            raise _deadline_error(timeout) from None
 
     def submit(self, spec: ts.TaskSpec, timeout: float | None) -> tuple[str, bool]:
-        """Submits one task: its id, and whether a key matched an existing task. Never resent."""
+        """`AsyncSessionCalls.submit`, from a sync caller."""
         budget = self._timeout if timeout is None else timeout
-        reply = self._call(submit_call(spec), budget)
-        if reply is not None:
-            return reply.submitted.task_id, reply.submitted.duplicate
-        try:
-            response = self._stub.EnqueueTask(ts.EnqueueTaskRequest(task=spec), timeout=budget)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        return response.task_id, response.duplicate
+        return self._run(self._calls.submit(spec, budget), budget)
 
-    def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> TaskInfo | None:
-        """Submits one task and waits up to `seconds` for it, in one call; the task as it stands
-        then (terminal or not). None when the broker has no sessions (nothing was submitted)."""
-        reply = self._call(submit_and_wait_call(spec, seconds), seconds + STREAM_SLACK)
-        return None if reply is None else _convert.task_info(reply.task)
+    def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> task_pb2.Task | None:
+        """`AsyncSessionCalls.submit_and_wait`, from a sync caller."""
+        return self._run(self._calls.submit_and_wait(spec, seconds), seconds + STREAM_SLACK)
 
     def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
-        """`Client.wait` over the session, asked again on a new one if it breaks; None: no sessions."""
-        last: TaskInfo | None = None
-        failures = 0
-        while (remaining := deadline - time.monotonic()) > 0:
-            seconds = min(remaining, MAX_WAIT_SECONDS)
-            try:
-                reply = self._call(wait_call(task_id, seconds), seconds + STREAM_SLACK)
-            except UnavailableError:
-                failures += 1
-                if failures >= WAIT_RECONNECTS or self._closed:
-                    raise
-                time.sleep(_convert.reconnect_delay(failures, deadline - time.monotonic()))
-                continue
-            except DeadlineExceededError:
-                if last is None:
-                    raise
-                break
-            if reply is None:
-                return None
-            last, failures = _convert.task_info(reply.task), 0
-            if last.terminal:
-                return last
-        raise TaskTimeoutError(task_id, budget, last)
+        """`AsyncSessionCalls.wait`, from a sync caller."""
+        return self._run(self._calls.wait(task_id, budget, deadline),
+                         max(0.0, deadline - time.monotonic()) + STREAM_SLACK)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        """Ends the session (calls in flight raise UnavailableError) and closes the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            self._loop.run(self._close(), CLOSE_SECONDS)
+
+    def abandon(self) -> None:
+        """`close` on a thread of its own, for a client dropped unclosed: the session's tasks
+        would otherwise keep its stream and channel open for as long as the process lives."""
+        if not self._closed:
+            threading.Thread(target=self.close, name="conveyor-close", daemon=True).start()
+
+    async def _close(self) -> None:
+        await self._calls.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class AsyncSessionCalls:
@@ -397,10 +306,12 @@ class AsyncSessionCalls:
             raise from_rpc_error(exc) from exc
         return response.task_id, response.duplicate
 
-    async def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> TaskInfo | None:
-        """`SyncSessionCalls.submit_and_wait`, for asyncio."""
+    async def submit_and_wait(self, spec: ts.TaskSpec, seconds: float) -> task_pb2.Task | None:
+        """Submits one task and waits up to `seconds` for it, in one call; the task as it stands
+        then (terminal or not, see `_convert.call_outcome`). None when the broker has no sessions
+        (nothing was submitted)."""
         reply = await self._call(submit_and_wait_call(spec, seconds), seconds + STREAM_SLACK)
-        return None if reply is None else _convert.task_info(reply.task)
+        return None if reply is None else reply.task
 
     async def wait(self, task_id: str, budget: float, deadline: float) -> TaskInfo | None:
         """`AsyncClient.wait` over the session, asked again on a new one if it breaks; None: no sessions."""

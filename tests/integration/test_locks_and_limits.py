@@ -318,13 +318,18 @@ def test_a_submit_with_an_idempotency_key_is_retried_through_an_outage_and_one_w
         broker = make_broker(redis_url=store.url, client_sessions=False)
         with Client(broker.address) as client, ThreadPoolExecutor(1) as pool:
             calls: list[float] = []
-            real = client._stub.EnqueueTask
+            sessions = client._sessions._calls  # submits fall back to EnqueueTask on the session's channel
+            stub = sessions._stub
 
-            def counted(request: object, timeout: float) -> object:
-                calls.append(timeout)
-                return real(request, timeout=timeout)
+            class Counted:
+                def __getattr__(self, name: str) -> object:
+                    return getattr(stub(), name)
 
-            client._stub.EnqueueTask = counted
+                def EnqueueTask(self, request: object, timeout: float) -> object:
+                    calls.append(timeout)
+                    return stub().EnqueueTask(request, timeout=timeout)
+
+            sessions._stub = Counted
             store.stop()
             with pytest.raises(UnavailableError):
                 client.enqueue(add.with_options(queue=queue_name), 1, 2)

@@ -25,6 +25,7 @@ from client_sdk import (
 )
 from client_sdk._convert import (
     batch_requests,
+    call_outcome,
     encode_arguments,
     is_json,
     name_batch_field,
@@ -292,6 +293,34 @@ def test_a_wait_of_no_time_times_out_unless_the_task_finished() -> None:
     with pytest.raises(TaskTimeoutError, match="last seen running") as caught:
         terminal_or_timeout(_info(TaskState.RUNNING), 0)
     assert caught.value.timeout == 0
+
+
+@pytest.mark.parametrize(("result", "content_type"), [
+    (b'{"a": [1]}', "application/json"), (b"", "application/json"), (b"7", ""), (b"\x89PNG", "image/png"),
+])
+def test_a_calls_success_is_read_from_the_record_as_from_its_task_info(result: bytes, content_type: str) -> None:
+    record = task_pb2.Task(id="i@q", state=task_pb2.TASK_STATE_SUCCEEDED, result=result,
+                           result_content_type=content_type)
+    assert call_outcome(record, 5) == outcome(task_info(record))
+
+
+@pytest.mark.parametrize(("state", "error"), [
+    (task_pb2.TASK_STATE_FAILED, TaskFailedError), (task_pb2.TASK_STATE_CANCELLED, TaskCancelledError),
+    (task_pb2.TASK_STATE_EXPIRED, TaskExpiredError), (task_pb2.TASK_STATE_RUNNING, TaskTimeoutError),
+])
+def test_a_call_that_did_not_succeed_raises_as_a_wait_does(state: int, error: type[Exception]) -> None:
+    record = task_pb2.Task(id="i@q", state=state)
+    record.error.type = "KeyError"
+    with pytest.raises(error) as caught:
+        call_outcome(record, 5)
+    assert caught.value.info == task_info(record)  # type: ignore[attr-defined]
+
+
+def test_a_calls_result_that_is_not_json_is_an_error_naming_the_task() -> None:
+    record = task_pb2.Task(id="i@q", state=task_pb2.TASK_STATE_SUCCEEDED, result=b"{",
+                           result_content_type="application/json")
+    with pytest.raises(ConveyorError, match="i@q: result is not valid JSON"):
+        call_outcome(record, 5)
 
 
 def test_submissions_of_one_task_share_nothing_but_what_they_have_in_common() -> None:
