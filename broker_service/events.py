@@ -241,8 +241,8 @@ class _Subscription:
 
     async def replies(self) -> AsyncIterator[list[Any]]:
         """Batches of replies, one per read from the socket; raises ConnectionError when it ends."""
-        stream = getattr(self._conn, "_reader", None)
-        if not isinstance(stream, asyncio.StreamReader):  # a redis-py that reads otherwise
+        stream = _raw_stream(self._conn)
+        if stream is None:  # a redis-py that reads otherwise: one reply at a time through it
             while True:
                 yield [await self._read_one()]
         loop = asyncio.get_running_loop()
@@ -284,3 +284,9 @@ class _Subscription:
             await cancel_and_wait(self._watchdog)
         with contextlib.suppress(Exception):
             await self._conn.disconnect(nowait=True)
+
+
+def _raw_stream(conn: AbstractConnection) -> asyncio.StreamReader | None:
+    """The StreamReader redis-py reads the connection's socket from (redis-py 4.2 to 8 have one)."""
+    stream = getattr(conn, "_reader", None)
+    return stream if isinstance(stream, asyncio.StreamReader) else None

@@ -73,6 +73,20 @@ def test_every_event_reaches_the_listeners_of_its_queue_in_order(server: RedisPr
     _hub_run(server, body)
 
 
+def test_without_a_raw_stream_the_hub_reads_one_reply_at_a_time_through_redis_py(
+    server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "_raw_stream", lambda conn: None)
+
+    async def body(hub: EventHub, client: redis.asyncio.Redis, heard: list[tuple[str, str]]) -> None:
+        for i in range(20):
+            await client.publish(KEYS.queue("q").events, f"queued u{i}")
+        await _until(lambda: len(heard) == 21, 5)
+        assert heard == [(RESYNC, "")] + [("queued", f"u{i}") for i in range(20)]
+
+    _hub_run(server, body)
+
+
 def test_running_events_are_read_once_a_listener_asks_for_them(server: RedisProcess) -> None:
     async def body(hub: EventHub, client: redis.asyncio.Redis, heard: list[tuple[str, str]]) -> None:
         await client.publish(KEYS.queue("q").running_events, "running a")
