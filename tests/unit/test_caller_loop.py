@@ -25,6 +25,13 @@ async def _echo(value: int, seconds: float = 0.0) -> tuple[int, int]:
     return value, threading.get_ident()
 
 
+def _until_running(loop: _loop.CallerLoop) -> None:
+    deadline = time.monotonic() + 5
+    while loop._runner is None:
+        assert time.monotonic() < deadline, "nobody took the loop"
+        time.sleep(0.001)
+
+
 def test_a_lone_caller_runs_the_coroutine_on_its_own_thread(loop: _loop.CallerLoop) -> None:
     assert loop.run(_echo(7), 5) == (7, threading.get_ident())
 
@@ -40,7 +47,7 @@ def test_the_coroutines_exception_reaches_its_caller(loop: _loop.CallerLoop) -> 
 def test_a_call_joining_a_running_loop_returns_as_soon_as_it_is_done(loop: _loop.CallerLoop) -> None:
     with ThreadPoolExecutor(1) as pool:
         long = pool.submit(loop.run, _echo(1, 1.0), 5)
-        time.sleep(0.1)  # the pool's thread now runs the loop
+        _until_running(loop)  # the pool's thread runs the loop
         started = time.monotonic()
         value, ran_on = loop.run(_echo(2, 0.05), 5)
         took = time.monotonic() - started
@@ -54,7 +61,7 @@ def test_a_call_joining_a_running_loop_returns_as_soon_as_it_is_done(loop: _loop
 def test_a_waiting_caller_takes_the_loop_over_when_its_runner_returns(loop: _loop.CallerLoop) -> None:
     with ThreadPoolExecutor(1) as pool:
         short = pool.submit(loop.run, _echo(1, 0.2), 5)
-        time.sleep(0.05)
+        _until_running(loop)
         value, ran_on = loop.run(_echo(2, 1.0), 5)
         assert short.result(5)[0] == 1
     assert value == 2
