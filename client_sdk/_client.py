@@ -151,8 +151,8 @@ class Client:
         self._stub = task_service_pb2_grpc.TaskServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
-        # Submits and waits travel on one session stream (unary RPCs on a broker without sessions).
-        # (on a grpc.aio channel of their own: see SyncSessionCalls).
+        # Submits and waits travel on one session stream, on a grpc.aio channel of its own (see
+        # SyncSessionCalls); on a broker without sessions, as unary RPCs.
         self._sessions = SyncSessionCalls(functools.partial(_aio_channel, target, credentials, opts), timeout)
         self._abandoned = weakref.finalize(self, self._sessions.abandon)
         self._abandoned.atexit = False

@@ -53,12 +53,11 @@ class CallerLoop:
             return result
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
         me = threading.get_ident()
-        task: list[asyncio.Task[T]] = []
 
         def start() -> None:
-            task.append(self._loop.create_task(coro))
-            guard = self._loop.call_later(timeout + GRACE, task[0].cancel)
-            task[0].add_done_callback(lambda t: self._settle(t, done, me, guard))
+            task = self._loop.create_task(coro)
+            guard = self._loop.call_later(timeout + GRACE, task.cancel)
+            task.add_done_callback(lambda t: self._settle(t, done, me, guard))
 
         with self._lock:
             if self._runner is None:
