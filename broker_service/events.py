@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from broker_service.domain import TaskRecord
 from broker_service.loops import cancel_and_wait
-from broker_service.store.direct import pack
+from broker_service.store.direct import pack, raw_stream
 from broker_service.store.keys import GlobalKeys
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class _Subscription:
 
     async def replies(self) -> AsyncIterator[list[Any]]:
         """Batches of replies, one per read from the socket; raises ConnectionError when it ends."""
-        stream = _raw_stream(self._conn)
+        stream = raw_stream(self._conn)
         if stream is None:  # a redis-py that reads otherwise: one reply at a time through it
             while True:
                 yield [await self._read_one()]
@@ -285,8 +285,3 @@ class _Subscription:
         with contextlib.suppress(Exception):
             await self._conn.disconnect(nowait=True)
 
-
-def _raw_stream(conn: AbstractConnection) -> asyncio.StreamReader | None:
-    """The StreamReader redis-py reads the connection's socket from (redis-py 4.2 to 8 have one)."""
-    stream = getattr(conn, "_reader", None)
-    return stream if isinstance(stream, asyncio.StreamReader) else None

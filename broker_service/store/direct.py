@@ -8,6 +8,18 @@ connections from the same pool once and keeps them: a call takes an idle one, se
 puts it back. They still count against the pool's bound, and a burst beyond the connections
 kept goes through `execute_command` as before.
 
+A kept connection is written and read raw: the command goes straight to the socket redis-py
+opened (and set up: TLS, AUTH, database), and the reply is parsed by a hiredis reader of the
+connection's own, with the error classes redis-py would raise. The connection's own
+`send_packed_command` and `read_response` cost a health check, a task for the write's
+`wait_for` and a timeout scope per call: a sequential PING on a kept connection took 45–48 µs
+of CPU through them and 40–42 µs raw (uvloop; most of the rest is the two system calls). The
+deadline stays: a timer closes the connection when Redis has not answered within its
+`socket_timeout`. RESP2 and RESP3 read alike (hiredis parses both; a RESP3 push is passed over, as redis-py does
+on these connections, which subscribe to nothing). A connection that does not read as this path
+expects (decoded replies, a redis-py that reads otherwise) goes through `send_packed_command`
+and `read_response`.
+
 The rules are the client's: one retry at once, on a fresh connection, after a connection error
 (a Redis restart leaves every kept connection dead); a timeout or a cancelled call closes the
 connection (redis-py does so itself: its reply may still be on the way), which reconnects when
@@ -20,18 +32,28 @@ arguments (a script's SHA and KEYS) can pack those once and pass them as `head`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["DirectCalls", "pack", "pack_parts"]
+__all__ = ["DirectCalls", "pack", "pack_parts", "raw_stream"]
 
 # Most connections kept (and never more than half the pool's bound): enough for the script
 # calls a busy broker has in flight at once, since sessions batch their tasks.
 KEEP = 32
+# Bytes asked of the socket per read, and bytes left in the write buffer past which a call
+# waits for it to drain (a command larger than the kernel took at once).
+READ_BYTES = 65_536
+DRAIN_BYTES = 65_536
+# What hiredis makes of a RESP3 push (hiredis 3.2 and later; older ones answer it as a list).
+_PUSH: type | tuple[type, ...] = getattr(hiredis, "PushNotification", ())
 
 
 def pack(args: Sequence[str | bytes | int | float], head: bytes = b"", head_count: int = 0) -> bytes:
@@ -74,6 +96,7 @@ class DirectCalls:
         self._keep = keep if keep is not None else max(1, min(KEEP, bound // 2))
         self._idle: list[AbstractConnection] = []
         self._held = 0
+        self._wires: dict[AbstractConnection, _Wire] = {}
 
     async def execute(self, *args: Any, packed: bytes | None = None) -> Any:
         """Runs the command `args`; `packed`, when given, is `args` as `pack` writes them."""
@@ -83,14 +106,31 @@ class DirectCalls:
         command = pack(args) if packed is None else packed
         try:
             try:
-                await conn.send_packed_command(command)
-                return await conn.read_response()
+                return await self._call(conn, command)
             except RedisConnectionError:
                 await conn.disconnect()
-                await conn.send_packed_command(command)
-                return await conn.read_response()
+                return await self._call(conn, command)
         finally:
             self._idle.append(conn)
+
+    async def _call(self, conn: AbstractConnection, command: bytes) -> Any:
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        wire = self._wires.get(conn)
+        if wire is None or wire.stream is not raw_stream(conn):  # new, or reconnected since
+            wire = _Wire.of(conn)
+            if wire is None:
+                await conn.send_packed_command(command)
+                return await conn.read_response()
+            self._wires[conn] = wire
+        try:
+            reply = await wire.call(command, conn.socket_timeout)
+        finally:
+            if wire.broken:  # a reply may still be on its way: it must not answer the next call
+                await conn.disconnect(nowait=True)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     @property
     def held(self) -> int:
@@ -107,3 +147,69 @@ class DirectCalls:
         except BaseException:
             self._held -= 1
             raise
+
+
+class _Wire:
+    """A kept connection's socket as `DirectCalls` reads it: one command, then its reply."""
+
+    __slots__ = ("broken", "parser", "stream", "writer")
+
+    def __init__(self, stream: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: Any) -> None:
+        self.stream = stream
+        self.writer = writer
+        self.parser = parser
+        self.broken = False
+
+    @classmethod
+    def of(cls, conn: AbstractConnection) -> _Wire | None:
+        """The raw view of a connected `conn`; None when it does not read as this path expects."""
+        stream, writer = raw_stream(conn), getattr(conn, "_writer", None)
+        encoder = getattr(conn, "encoder", None)
+        if stream is None or not isinstance(writer, asyncio.StreamWriter) or encoder is None:
+            return None
+        if encoder.decode_responses:
+            return None
+        if not isinstance(_PUSH, type) and str(getattr(conn, "protocol", 2)) != "2":  # a push would read as a reply
+            return None
+        parse_error = getattr(getattr(conn, "_parser", None), "parse_error", ResponseError)
+        return cls(stream, writer, hiredis.Reader(protocolError=InvalidResponse, replyError=parse_error))
+
+    async def call(self, command: bytes, timeout: float | None) -> Any:
+        """Writes `command` and reads one reply (an error reply is returned, not raised). Any
+        failure marks the wire broken: its caller drops the connection."""
+        self.writer.write(command)
+        timer = None
+        if timeout:
+            timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+        try:
+            if self.writer.transport.get_write_buffer_size() > DRAIN_BYTES:
+                await self.writer.drain()
+            parser, stream = self.parser, self.stream
+            while (reply := parser.gets()) is False or isinstance(reply, _PUSH):  # RESP3 pushes: not a reply
+                if reply is False:
+                    data = await stream.read(READ_BYTES)
+                    if not data:
+                        if self.broken:
+                            raise RedisTimeoutError(f"no reply from Redis within {timeout:g}s")
+                        raise RedisConnectionError("Redis closed the connection")
+                    parser.feed(data)
+            return reply
+        except OSError as exc:
+            self.broken = True
+            raise RedisConnectionError(f"Redis connection failed: {exc}") from exc
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        self.broken = True
+        self.writer.transport.abort()  # the read sees the end at once
+
+
+def raw_stream(conn: AbstractConnection) -> asyncio.StreamReader | None:
+    """The StreamReader redis-py reads the connection's socket from (redis-py 4.2 to 8 have one)."""
+    stream = getattr(conn, "_reader", None)
+    return stream if isinstance(stream, asyncio.StreamReader) else None

@@ -119,8 +119,17 @@ return {enqueued, leased}
 def script_keys(name: str, queue: QueueKeys | ScheduleKeys | WorkflowKeys,
                 extra: Mapping[str, str] | None = None) -> list[str]:
     """The KEYS of script `name` for `queue` (or the schedules, or a workflow), in the order its header lists them."""
-    extra = extra or {}
-    return [extra[key] if key in extra else str(getattr(queue, key)) for key in SCRIPT_KEYS[name]]
+    if extra:
+        return [extra[key] if key in extra else str(getattr(queue, key)) for key in SCRIPT_KEYS[name]]
+    known = _KNOWN_KEYS.get((name, queue))
+    if known is None:  # a queue's keys are the same every call: built once (a lease names 15)
+        if len(_KNOWN_KEYS) >= MAX_PACKED_HEADS:
+            _KNOWN_KEYS.clear()
+        known = _KNOWN_KEYS[name, queue] = tuple(str(getattr(queue, key)) for key in SCRIPT_KEYS[name])
+    return list(known)
+
+
+_KNOWN_KEYS: dict[tuple[str, QueueKeys | ScheduleKeys | WorkflowKeys], tuple[str, ...]] = {}
 
 
 def _num(value: float) -> str:

@@ -9,8 +9,10 @@ from typing import TypeVar
 import pytest
 import redis
 import redis.asyncio
+import redis.exceptions
 from redis.exceptions import NoScriptError
 
+from broker_service.store import direct
 from broker_service.store.direct import DirectCalls, pack, pack_parts
 from tests.redis_process import RedisProcess
 
@@ -110,3 +112,58 @@ def test_a_packed_command_runs_as_given(redis_server: RedisProcess) -> None:
         return await client.get("direct:packed")
 
     assert run(redis_server, body) == b"from packed"
+
+
+def test_a_call_past_its_socket_timeout_fails_and_the_next_gets_its_own_reply(redis_server: RedisProcess) -> None:
+    async def main() -> tuple[type[BaseException], object, object]:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(redis_server.url, socket_timeout=0.3, max_connections=4,
+                                                             timeout=5)
+        client = redis.asyncio.Redis.from_pool(pool)
+        try:
+            calls = DirectCalls(client, 1)
+            with pytest.raises(redis.exceptions.TimeoutError) as raised:
+                await calls.execute("BLPOP", "direct:slow", "1")
+            await client.rpush("direct:slow", "late")  # would have been the timed-out call's reply
+            return raised.type, await calls.execute("ECHO", "next"), await client.lpop("direct:slow")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == (redis.exceptions.TimeoutError, b"next", b"late")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_replies_read_alike_over_resp2_and_resp3(redis_server: RedisProcess, protocol: int) -> None:
+    async def main() -> list[object]:
+        client = redis.asyncio.Redis.from_url(redis_server.url, protocol=protocol, socket_timeout=5)
+        try:
+            calls = DirectCalls(client, 1)
+            await client.delete("direct:hash")
+            await calls.execute("HSET", "direct:hash", "a", "1", "b", b"\x00\xff")
+            answers = [await calls.execute("HGETALL", "direct:hash"), await calls.execute("HGET", "direct:hash", "z"),
+                       await calls.execute("EVAL", "return {1, 'two', {3}}", 0)]
+            with pytest.raises(redis.exceptions.ResponseError, match="boom"):
+                await calls.execute("EVAL", "return redis.error_reply('boom')", 0)
+            return [*answers, len(calls._wires)]
+        finally:
+            await client.aclose()
+
+    hgetall, missing, nested, wires = asyncio.run(main())
+    # RESP3 answers a map, RESP2 a flat array: each as redis-py's own reader would.
+    assert isinstance(hgetall, dict) == (protocol == 3)
+    pairs = hgetall if isinstance(hgetall, dict) else dict(zip(hgetall[::2], hgetall[1::2], strict=True))
+    assert pairs == {b"a": b"1", b"b": b"\x00\xff"}
+    assert missing is None
+    assert nested == [1, b"two", [3]]
+    assert wires == 1  # read raw, not through redis-py's read_response
+
+
+def test_a_connection_the_raw_path_cannot_read_goes_through_redis_py(redis_server: RedisProcess,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct._Wire, "of", classmethod(lambda cls, conn: None))
+
+    async def body(calls: DirectCalls, _: redis.asyncio.Redis) -> list[object]:
+        with pytest.raises(NoScriptError):
+            await calls.execute("EVALSHA", "0" * 40, 0)
+        return [await calls.execute("ECHO", "through redis-py"), len(calls._wires)]
+
+    assert run(redis_server, body) == [b"through redis-py", 0]

@@ -76,7 +76,7 @@ def test_every_event_reaches_the_listeners_of_its_queue_in_order(server: RedisPr
 def test_without_a_raw_stream_the_hub_reads_one_reply_at_a_time_through_redis_py(
     server: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "_raw_stream", lambda conn: None)
+    monkeypatch.setattr(events, "raw_stream", lambda conn: None)
 
     async def body(hub: EventHub, client: redis.asyncio.Redis, heard: list[tuple[str, str]]) -> None:
         for i in range(20):
