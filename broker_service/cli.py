@@ -138,13 +138,13 @@ def prefer_poller_io() -> bool:
     """
     if "GRPC_EXPERIMENTS" in os.environ or "grpc" in sys.modules:  # grpc reads it once, as it loads
         return False
-    if _grpc_release() not in GRPC_VERIFIED_RELEASES:
+    if grpc_release() not in GRPC_VERIFIED_RELEASES:
         return False
     os.environ["GRPC_EXPERIMENTS"] = GRPC_EXPERIMENTS
     return True
 
 
-def _grpc_release() -> tuple[int, int] | None:
+def grpc_release() -> tuple[int, int] | None:
     """grpcio's (major, minor), read without importing grpc (which would fix its settings)."""
     spec = importlib.util.find_spec("grpc")
     if spec is None or not spec.submodule_search_locations:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis
 
+from broker_service import cli
 from client_sdk import AsyncClient, Client, Signature
 from tests.bench import common
 from tests.bench.conveyor_tasks import QUEUE, add, async_sleep, sleep, stamp
@@ -162,8 +164,12 @@ def _read_outcomes(url: str, ids: list[str], timeout: float) -> tuple[dict[str, 
 
 
 def versions() -> dict[str, Any]:
+    experiments = os.environ.get("GRPC_EXPERIMENTS")
+    if experiments is None and cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES:
+        experiments = cli.GRPC_EXPERIMENTS  # what `conveyor serve` sets for itself
     return {"conveyor": metadata.version("conveyor"), "grpcio": metadata.version("grpcio"),
-            "protobuf": metadata.version("protobuf"), "python": sys.version.split()[0]}
+            "protobuf": metadata.version("protobuf"), "python": sys.version.split()[0],
+            "broker GRPC_EXPERIMENTS": experiments or "(grpc's defaults)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import queue
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 
 import grpc
 from conveyor.v1 import task_service_pb2 as ts
+
+from broker_service import cli
 
 SERVICE = "conveyor.v1.TaskService"
 
@@ -78,7 +81,15 @@ def main() -> None:
     if args.serve:
         asyncio.run(_serve())
         return
-    server = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", "--serve"], stdout=subprocess.PIPE, text=True)
+    # The echo server runs on the broker's gRPC settings (see broker_service.cli.prefer_poller_io);
+    # the client on grpc's defaults, as the SDKs leave them. GRPC_EXPERIMENTS set here wins for both.
+    env = dict(os.environ)
+    if "GRPC_EXPERIMENTS" not in env and cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES:
+        env["GRPC_EXPERIMENTS"] = cli.GRPC_EXPERIMENTS
+    print(f"echo server: GRPC_EXPERIMENTS={env.get('GRPC_EXPERIMENTS', '')!r}; client: "
+          f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")
+    server = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", "--serve"], stdout=subprocess.PIPE, text=True,
+                              env=env)
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())

@@ -69,6 +69,7 @@ def test_report_ratios_and_medians() -> None:
 def test_the_grpc_floor_tool_times_both_kinds_of_exchange() -> None:
     done = subprocess.run([sys.executable, "-m", "tests.bench.floor", "--seconds", "0.2"],
                           capture_output=True, text=True, timeout=50, check=True)
-    lines = done.stdout.splitlines()
+    settings, *lines = done.stdout.splitlines()
+    assert settings.startswith("echo server: GRPC_EXPERIMENTS=")
     assert [line.split(":")[0] for line in lines] == ["stream, message and reply", "unary call"]
     assert all(int(line.split(": ")[1].split(" µs")[0]) > 0 for line in lines)

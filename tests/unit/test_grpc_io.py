@@ -21,7 +21,7 @@ def experiments_after(code: str, **env: str) -> str | None:
     return eval(out.stdout.strip())
 
 
-MEASURED = cli._grpc_release() in cli.GRPC_VERIFIED_RELEASES
+MEASURED = cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES
 
 
 @pytest.mark.skipif(not MEASURED, reason="grpcio release not measured with the experiments off")
@@ -47,7 +47,7 @@ def test_the_sdks_leave_grpc_as_it_is() -> None:
 
 def test_the_release_is_read_without_importing_grpc() -> None:
     major, minor = (int(p) for p in grpc.__version__.split(".")[:2])
-    assert cli._grpc_release() == (major, minor)
+    assert cli.grpc_release() == (major, minor)
 
 
 def test_an_unmeasured_release_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,6 +56,6 @@ def test_an_unmeasured_release_is_left_alone(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset({(0, 1)}))
     assert cli.prefer_poller_io() is False
     assert "GRPC_EXPERIMENTS" not in os.environ
-    monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset({cli._grpc_release()}))
+    monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset({cli.grpc_release()}))
     assert cli.prefer_poller_io() is True
     assert os.environ["GRPC_EXPERIMENTS"] == cli.GRPC_EXPERIMENTS
