@@ -15,10 +15,10 @@ connection's own, with the error classes redis-py would raise. The connection's 
 `wait_for` and a timeout scope per call: a sequential PING on a kept connection took 45–48 µs
 of CPU through them and 40–42 µs raw (uvloop; most of the rest is the two system calls). The
 deadline stays: a timer closes the connection when Redis has not answered within its
-`socket_timeout`. RESP2 and RESP3 read alike (hiredis parses both; a RESP3 push is passed over, as redis-py does
-on these connections, which subscribe to nothing). A connection that does not read as this path
-expects (decoded replies, a redis-py that reads otherwise) goes through `send_packed_command`
-and `read_response`.
+`socket_timeout`. RESP2 and RESP3 read alike (hiredis parses both; a RESP3 push is passed
+over, as redis-py does, though these connections subscribe to nothing). A connection that does
+not read as this path expects (decoded replies, a redis-py that reads otherwise) goes through
+`send_packed_command` and `read_response`.
 
 The rules are the client's: one retry at once, on a fresh connection, after a connection error
 (a Redis restart leaves every kept connection dead); a timeout or a cancelled call closes the
