@@ -41,6 +41,7 @@ class CallerLoop:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Condition()
         self._runner: int | None = None  # ident of the thread running the loop
+        self._guards: dict[asyncio.Task[None], asyncio.TimerHandle] = {}  # each coroutine's deadline
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Runs `coro` on the loop and returns its result (or raises its exception).
@@ -55,9 +56,8 @@ class CallerLoop:
         me = threading.get_ident()
 
         def start() -> None:
-            task = self._loop.create_task(coro)
-            guard = self._loop.call_later(timeout + GRACE, task.cancel)
-            task.add_done_callback(lambda t: self._settle(t, done, me, guard))
+            task = self._loop.create_task(self._settled(coro, done, me))
+            self._guards[task] = self._loop.call_later(timeout + GRACE, task.cancel)
 
         with self._lock:
             if self._runner is None:
@@ -84,22 +84,26 @@ class CallerLoop:
                     self._lock.notify_all()
         return done.result()
 
-    def _settle(self, task: asyncio.Task[T], done: concurrent.futures.Future[T], caller: int,
-                guard: asyncio.TimerHandle) -> None:
-        """In the loop: hands the task's outcome to its caller's future; stops the loop if that
-        caller is the one running it, else wakes it."""
-        guard.cancel()
-        if task.cancelled():
+    async def _settled(self, coro: Coroutine[Any, Any, T], done: concurrent.futures.Future[T], caller: int) -> None:
+        """Runs `coro` and, in its last step, hands its outcome to its caller's future, then stops
+        the loop if that caller is the one running it, else wakes it (a done callback would cost
+        the caller one more turn of the loop)."""
+        try:
+            done.set_result(await coro)
+        except asyncio.CancelledError:  # the guard: past the deadline and its grace
             done.set_exception(TimeoutError("no result in time"))
-        elif (exc := task.exception()) is not None:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as is
             done.set_exception(exc)
-        else:
-            done.set_result(task.result())
-        if self._runner == caller:
-            self._loop.stop()
-        else:
-            with self._lock:
-                self._lock.notify_all()
+        finally:
+            task = asyncio.current_task(self._loop)
+            guard = self._guards.pop(task, None) if task is not None else None
+            if guard is not None:
+                guard.cancel()
+            if self._runner == caller:
+                self._loop.stop()
+            else:
+                with self._lock:
+                    self._lock.notify_all()
 
     def close(self) -> None:
         """Cancels the coroutines left and closes the loop, from a thread not running it. Only
