@@ -46,8 +46,7 @@ DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 10.0
 # Extra time a WaitTask call's deadline gives the broker to end the stream itself.
 STREAM_SLACK = 1.0
-# Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
-WAIT_RECONNECTS = 5
+WAIT_RECONNECTS = _convert.WAIT_RECONNECTS
 # Attempts of a submit that carries an idempotency key when the broker answers UNAVAILABLE.
 SUBMIT_ATTEMPTS = 6
 

@@ -337,6 +337,13 @@ def wait_request(task_id: str, seconds: float) -> task_service_pb2.WaitTaskReque
     return task_service_pb2.WaitTaskRequest(task_id=task_id, timeout=duration(max(0.0, seconds)))
 
 
+# Consecutive UNAVAILABLE answers a wait survives (a broker replica going away, a broker
+# restarting) before giving up. With reconnect_delay's pauses that is about 4.5 s of trying:
+# longer than grpc's own reconnect backoff (1 s, then 1.6 s, each ±20%), during which a channel
+# that just failed to connect fails every call at once, even once the broker is back.
+WAIT_RECONNECTS = 8
+
+
 def reconnect_delay(failures: int, remaining: float) -> float:
     """Pause before reopening a wait stream: growing with failures, never past the deadline."""
     return max(0.0, min(0.05 * 2.0 ** failures, 1.0, remaining))

@@ -40,8 +40,7 @@ T = TypeVar("T")
 
 # Extra time a wait's deadline gives the broker to answer it itself (as _client.STREAM_SLACK for WaitTask).
 STREAM_SLACK = 1.0
-# Consecutive UNAVAILABLE answers a wait survives (a broker replica going away) before giving up.
-WAIT_RECONNECTS = 5
+WAIT_RECONNECTS = _convert.WAIT_RECONNECTS
 # Most calls, and about the most bytes, in one message; more wait for the next one.
 MAX_CALLS_PER_MESSAGE = 1000
 MAX_MESSAGE_BYTES = _convert.MAX_BATCH_BYTES
