@@ -126,9 +126,10 @@ def prefer_poller_io() -> bool:
     By default grpc core serves sockets with its EventEngine: a message read on one of its
     threads reaches the completion queue, then grpc.aio's poller thread, then the event loop.
     With the `event_engine_listener` and `event_engine_client` experiments off, the poller does
-    the I/O. On a 2-core machine with grpcio 1.85, a message and its reply on an open stream
-    took 261 µs instead of 349 (`python -m tests.bench.floor`), and a submit-and-wait round
-    trip through broker and worker 1.50–1.61 ms instead of 1.61–1.71 (4 alternating runs).
+    the I/O. On a 2-core machine with grpcio 1.85, the echo server of `python -m
+    tests.bench.floor` took 147 µs of CPU per message and reply instead of 191, and a
+    submit-and-wait round trip through broker and worker 1.50–1.61 ms instead of 1.61–1.71
+    (4 alternating runs, only the broker switched).
 
     Only for the broker, whose gRPC is all grpc.aio: a sync channel on this stack reads its
     socket only during its own calls, so an idle one answers no pings and holds a server's
