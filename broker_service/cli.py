@@ -139,10 +139,19 @@ def prefer_poller_io() -> bool:
     """
     if "GRPC_EXPERIMENTS" in os.environ or "grpc" in sys.modules:  # grpc reads it once, as it loads
         return False
-    if grpc_release() not in GRPC_VERIFIED_RELEASES:
+    setting = broker_grpc_experiments()
+    if setting is None:
         return False
-    os.environ["GRPC_EXPERIMENTS"] = GRPC_EXPERIMENTS
+    os.environ["GRPC_EXPERIMENTS"] = setting
     return True
+
+
+def broker_grpc_experiments() -> str | None:
+    """The GRPC_EXPERIMENTS `conveyor serve` runs with here: the environment's, else
+    GRPC_EXPERIMENTS on a measured grpcio release, else none (grpc's defaults)."""
+    if "GRPC_EXPERIMENTS" in os.environ:
+        return os.environ["GRPC_EXPERIMENTS"]
+    return GRPC_EXPERIMENTS if grpc_release() in GRPC_VERIFIED_RELEASES else None
 
 
 def grpc_release() -> tuple[int, int] | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -164,12 +163,9 @@ def _read_outcomes(url: str, ids: list[str], timeout: float) -> tuple[dict[str, 
 
 
 def versions() -> dict[str, Any]:
-    experiments = os.environ.get("GRPC_EXPERIMENTS")
-    if experiments is None and cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES:
-        experiments = cli.GRPC_EXPERIMENTS  # what `conveyor serve` sets for itself
     return {"conveyor": metadata.version("conveyor"), "grpcio": metadata.version("grpcio"),
             "protobuf": metadata.version("protobuf"), "python": sys.version.split()[0],
-            "broker GRPC_EXPERIMENTS": experiments or "(grpc's defaults)"}
+            "broker GRPC_EXPERIMENTS": cli.broker_grpc_experiments() or "(grpc's defaults)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,8 +84,8 @@ def main() -> None:
     # The echo server runs on the broker's gRPC settings (see broker_service.cli.prefer_poller_io);
     # the client on grpc's defaults, as the SDKs leave them. GRPC_EXPERIMENTS set here wins for both.
     env = dict(os.environ)
-    if "GRPC_EXPERIMENTS" not in env and cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES:
-        env["GRPC_EXPERIMENTS"] = cli.GRPC_EXPERIMENTS
+    if (setting := cli.broker_grpc_experiments()) is not None:
+        env["GRPC_EXPERIMENTS"] = setting
     print(f"echo server: GRPC_EXPERIMENTS={env.get('GRPC_EXPERIMENTS', '')!r}; client: "
           f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")
     server = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", "--serve"], stdout=subprocess.PIPE, text=True,

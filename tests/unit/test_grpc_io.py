@@ -59,3 +59,13 @@ def test_an_unmeasured_release_is_left_alone(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset({cli.grpc_release()}))
     assert cli.prefer_poller_io() is True
     assert os.environ["GRPC_EXPERIMENTS"] == cli.GRPC_EXPERIMENTS
+
+
+def test_what_the_broker_runs_with_is_the_environments_else_the_measured_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "")
+    assert cli.broker_grpc_experiments() == ""
+    monkeypatch.delenv("GRPC_EXPERIMENTS")
+    assert cli.broker_grpc_experiments() == (cli.GRPC_EXPERIMENTS if MEASURED else None)
+    monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset())
+    assert cli.broker_grpc_experiments() is None
