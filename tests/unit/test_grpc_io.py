@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def experiments_after(code: str, **env: str) -> str | None:
     show = "import os; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
     out = subprocess.run([sys.executable, "-c", f"{code}; {show}"], capture_output=True, text=True, check=True,
                          timeout=60, env={**clean, **env})
-    return eval(out.stdout.strip())
+    return ast.literal_eval(out.stdout.strip())
 
 
 MEASURED = cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES
