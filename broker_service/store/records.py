@@ -96,7 +96,7 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         lease_ms=integer(get("lease"), 30_000),
         result_ttl_ms=integer(get("ttl"), 86_400_000),
         created_ms=integer(get("created")),
-        scheduled_ms=integer(get("due")),
+        scheduled_ms=integer(get("due") or get("created")),
         started_ms=integer(get("started")),
         finished_ms=integer(get("finished")),
         start_by_ms=integer(get("start_by")),

@@ -28,9 +28,9 @@ def test_enqueue_writes_a_lean_record_and_queues_it(harness: StoreHarness) -> No
     assert dump["seq"] is None
     record = dump["tasks"][task.ulid]
     assert without(record) == {"state": "queued", "name": "tests.work"}
-    assert record["created"] == record["due"]
-    assert int(record["due"]) >= before
-    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["due"]))
+    assert "due" not in record  # ready at once: due when created, so not stored twice
+    assert int(record["created"]) >= before
+    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["created"]))
     assert dump["expires"][task.ulid] == -1
 
 
@@ -47,7 +47,7 @@ def test_enqueue_stores_every_option_given(harness: StoreHarness) -> None:
                                "ctype": "application/x-msgpack", "headers": '{"trace":"abc"}',
                                "prio": "7", "max": "5", "b_init": "10", "b_max": "100", "b_mult": "3.0",
                                "b_jit": "0.5", "timeout": "5000", "lease": "1000", "ttl": "10000"}
-    assert int(record["start_by"]) == int(record["due"]) + 60_000
+    assert int(record["start_by"]) == int(record["created"]) + 60_000
     assert json.loads(record["headers"]) == {"trace": "abc"}
 
 
@@ -120,7 +120,8 @@ def test_enqueue_with_run_at_in_the_past_queues_now(harness: StoreHarness) -> No
 
     assert result.state is TaskState.QUEUED
     record = harness.dump()["tasks"][task.ulid]
-    assert record["due"] == record["created"]
+    assert "due" not in record  # due when created
+    assert harness.run(harness.store.get(harness.queue, task.ulid)).scheduled_ms == int(record["created"])
 
 
 def test_enqueue_orders_by_priority_then_submission(harness: StoreHarness) -> None:
@@ -177,7 +178,7 @@ def test_enqueue_with_start_timeout_indexes_the_deadline(harness: StoreHarness) 
     assert sorted(dump["indexes"]["start_by"]) == sorted([waiting.ulid, delayed.ulid])
     for task in (waiting, delayed):
         record = dump["tasks"][task.ulid]
-        assert dump["scores"]["start_by"][task.ulid] == int(record["start_by"]) == int(record["due"]) + 5_000
+        assert dump["scores"]["start_by"][task.ulid] == int(record["start_by"]) == int(record.get("due", record["created"])) + 5_000
     assert "start_by" not in dump["tasks"][plain.ulid]
 
 

@@ -33,7 +33,7 @@ def test_reap_requeues_a_task_whose_lease_expired_in_its_old_place(harness: Stor
     assert (record["state"], record["reason"], record["attempt"]) == ("queued", "lease_expired", "1")
     assert dump["indexes"]["running"] == []
     assert dump["indexes"]["queued"] == [lease.ulid, waiting]
-    assert dump["scores"]["queued"][lease.ulid] == queued_score(2, int(record["due"]))
+    assert dump["scores"]["queued"][lease.ulid] == queued_score(2, int(record["created"]))
     assert events.take(1) == [event("queued", [lease.ulid])]
 
 

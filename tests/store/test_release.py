@@ -24,8 +24,25 @@ def test_release_puts_a_started_task_back_in_its_place(harness: StoreHarness) ->
     assert (record["state"], record["reason"], record["attempt"]) == ("queued", "worker_shutdown", "1")
     assert dump["indexes"]["running"] == []
     assert dump["indexes"]["queued"] == [first, second]
-    assert dump["scores"]["queued"][first] == queued_score(3, int(record["due"]))
+    assert dump["scores"]["queued"][first] == queued_score(3, int(record["created"]))  # due when created
     assert events.take(1) == [event("queued", [first])]
+
+
+def test_release_puts_a_delayed_task_back_at_its_due_time_not_its_creation(harness: StoreHarness) -> None:
+    task = harness.task(delay_ms=30)
+    harness.enqueue(task)
+    time.sleep(0.05)
+    assert harness.run(harness.store.promote(harness.queue, 10)) == 1
+    [leased] = harness.lease(1)
+
+    assert harness.run(harness.store.release(
+        harness.queue, [Lease(task.ulid, leased.lease_token)], "nack", started=True)) == [True]
+
+    dump = harness.dump()
+    record = dump["tasks"][task.ulid]
+    assert int(record["due"]) == int(record["created"]) + 30
+    assert leased.queued_at_ms == int(record["due"])
+    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["due"]))
 
 
 def test_release_of_an_unstarted_task_does_not_count_the_attempt(harness: StoreHarness) -> None:

@@ -215,7 +215,8 @@ for i, row in ipairs(rows) do
   elseif holder then
     answers[i] = held_state .. ' ' .. holder .. ' ' .. kind
   else
-    local fields = {'state', shape.state, 'name', shape.name, 'created', now_text, 'due', shape.due}
+    local fields = {'state', shape.state, 'name', shape.name, 'created', now_text}
+    if shape.due ~= now_text then fields[#fields + 1] = 'due'; fields[#fields + 1] = shape.due end
     if payload ~= '' then put_pieces(fields, 'payload', 'p', 'pn', payload) end
     local n = #fields
     for j = 1, #tail do fields[n + j] = tail[j] end

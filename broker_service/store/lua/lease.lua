@@ -141,7 +141,7 @@ while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
     local key = task_prefix .. ulid
     local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
                          'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass',
-                         'uniq', 'ckey', 'climit', 'pn', 'p2', 'p3')
+                         'uniq', 'ckey', 'climit', 'pn', 'p2', 'p3', 'created')
     if f[1] == 'queued' then
       local attempt = tonumber(f[2] or '0')
       local start_by = tonumber(f[3] or '0')
@@ -216,7 +216,7 @@ if #picked > 0 then
     leased[base + 8] = token
     leased[base + 9] = lease
     leased[base + 10] = f[10]
-    leased[base + 11] = f[11]
+    leased[base + 11] = f[11] or f[22]
     leased[base + 12] = f[14]
     leased[base + 13] = f[15]
   end

@@ -111,7 +111,7 @@ end
 for i, ulid in ipairs(due_ids) do
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'attempt', 'max', 'b_init', 'b_max', 'b_mult', 'b_jit',
-                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf')
+                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf', 'created')
   if f[1] == 'running' then
     local attempt = tonumber(f[2])
     local exhausted = attempt >= (tonumber(f[3]) or DEFAULT.max)
@@ -168,7 +168,7 @@ for i, ulid in ipairs(due_ids) do
       if f[15] then wf_done[#wf_done + 1] = ulid end
     else
       redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
-      to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + tonumber(f[12])
+      to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + tonumber(f[12] or f[16])
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       requeued[#requeued + 1] = ulid

@@ -93,7 +93,7 @@ for i = 3, #ARGV, 2 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf')
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf', 'created')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 0
   else
@@ -115,7 +115,7 @@ for i = 3, #ARGV, 2 do
         redis.call('HDEL', key, 'started')
         if f[8] then to_start_by[#to_start_by + 1] = f[8]; to_start_by[#to_start_by + 1] = ulid end
       end
-      to_queue[#to_queue + 1] = (9 - tonumber(f[4] or '0')) * 1e13 + tonumber(f[5])
+      to_queue[#to_queue + 1] = (9 - tonumber(f[4] or '0')) * 1e13 + tonumber(f[5] or f[10])
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       limits_left(key, ulid, false)
