@@ -178,7 +178,8 @@ def test_enqueue_with_start_timeout_indexes_the_deadline(harness: StoreHarness) 
     assert sorted(dump["indexes"]["start_by"]) == sorted([waiting.ulid, delayed.ulid])
     for task in (waiting, delayed):
         record = dump["tasks"][task.ulid]
-        assert dump["scores"]["start_by"][task.ulid] == int(record["start_by"]) == int(record.get("due", record["created"])) + 5_000
+        due = int(record.get("due", record["created"]))
+        assert dump["scores"]["start_by"][task.ulid] == int(record["start_by"]) == due + 5_000
     assert "start_by" not in dump["tasks"][plain.ulid]
 
 
