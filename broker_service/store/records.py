@@ -71,6 +71,7 @@ def headers_to(headers: Mapping[str, str]) -> str:
 def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]) -> TaskRecord:
     """A TaskRecord from a task hash read as {field: value} (absent fields missing or None)."""
     get = fields.get
+    state = TaskState.from_label(text(get("state")))
     error = None
     if get("e_type") is not None:
         error = TaskError(type=text(get("e_type")), message=text(get("e_msg")),
@@ -79,7 +80,7 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         ulid=ulid,
         queue=queue,
         name=text(get("name")),
-        state=TaskState.from_label(text(get("state"))),
+        state=state,
         payload=joined(get, "payload", "p", "pn"),
         content_type=text(get("ctype"), DEFAULT_CONTENT_TYPE),
         headers=headers_from(get("headers")),
@@ -101,7 +102,7 @@ def record_from_fields(ulid: str, queue: str, fields: Mapping[str, bytes | None]
         finished_ms=integer(get("finished")),
         start_by_ms=integer(get("start_by")),
         result=joined(get, "result", "r", "rn"),
-        result_content_type=text(get("rtype")),
+        result_content_type=text(get("rtype"), DEFAULT_CONTENT_TYPE if state is TaskState.SUCCEEDED else ""),
         error=error,
         reason=text(get("reason")),
         cancel_requested=get("cancel") == b"1",

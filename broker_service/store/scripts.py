@@ -206,7 +206,9 @@ class Scripts:
         """The script's answer per item, and the hashes of `read` (ulids) as it left them."""
         args: list[Arg] = [" ".join(read)]
         for item in items:
-            args += [item.ulid, item.token, item.result, item.content_type]
+            # application/json, the usual media type, is the default: not stored (as for payloads)
+            args += [item.ulid, item.token, item.result,
+                     "" if item.content_type in ("", DEFAULT_CONTENT_TYPE) else item.content_type]
         answers = list(await self.run("complete", script_keys("complete", queue), args))
         hashes = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in answers[len(items):]]
         return answers[:len(items)], hashes

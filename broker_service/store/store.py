@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from broker_service.domain import (
+    DEFAULT_CONTENT_TYPE,
     TASK_ID_PATTERN,
     Completion,
     FailOutcome,
@@ -587,7 +588,8 @@ class Store:
         out = []
         for raw in replies:
             fields = {text(k): v for k, v in raw.items()}
-            out.append((text(fields.get("node")), joined(fields.get, "result", "r", "rn"), text(fields.get("rtype"))))
+            media_type = text(fields.get("rtype"), DEFAULT_CONTENT_TYPE if fields else "")
+            out.append((text(fields.get("node")), joined(fields.get, "result", "r", "rn"), media_type))
         return out
 
     async def outbox(self, queue: str, before_ms: int | None, limit: int) -> list[str]:

@@ -24,12 +24,26 @@ def test_complete_stores_the_result_and_ends_succeeded(harness: StoreHarness) ->
     assert run_ms is not None and run_ms >= 5
     assert run_ms == int(record["finished"]) - int(record["started"])
     assert without(record) == {"state": "succeeded", "name": "tests.work", "ttl": "60000",
-                               "attempt": "1", "token": "1", "worker": "w1", "result": b'{"ok": true}',
-                               "rtype": "application/json"}
+                               "attempt": "1", "token": "1", "worker": "w1", "result": b'{"ok": true}'}
+    assert harness.run(harness.store.get(harness.queue, lease.ulid)).result_content_type == "application/json"
     assert dump["indexes"]["running"] == []
     assert dump["indexes"]["succeeded"] == [lease.ulid]
     assert dump["scores"]["succeeded"][lease.ulid] == int(record["finished"]) + 60_000
     assert dump["expires"][lease.ulid] == int(record["finished"]) + 60_000
+
+
+def test_a_result_media_type_other_than_json_is_kept_and_none_is_told_before_success(harness: StoreHarness) -> None:
+    first, second = harness.running(2)
+    assert harness.run(harness.store.get(harness.queue, first.ulid)).result_content_type == ""
+
+    harness.run(harness.store.complete(harness.queue, [_done(first, b"\x00", "application/x-msgpack"),
+                                                       _done(second, b"1", "")]))
+
+    tasks = harness.dump()["tasks"]
+    assert tasks[first.ulid]["rtype"] == "application/x-msgpack"
+    assert "rtype" not in tasks[second.ulid]  # empty means application/json, as for payloads
+    got = [harness.run(harness.store.get(harness.queue, lease.ulid)).result_content_type for lease in (first, second)]
+    assert got == ["application/x-msgpack", "application/json"]
 
 
 def test_complete_with_stale_token_is_refused(harness: StoreHarness) -> None:

@@ -17,7 +17,7 @@
 --   ulid    string  the task's ulid
 --   token   int     the lease token presented
 --   result  bytes   result payload ('' = none, stored absent; a long one in pieces, see below)
---   rtype   string  result media type ('' = none, stored absent)
+--   rtype   string  result media type ('' = application/json, stored absent)
 --
 -- Returns: array, one integer per item: the attempt's run time in ms, or -1 when the token is
 --   stale. Completing again with the token of the success answers the run time again and
