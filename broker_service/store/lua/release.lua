@@ -93,7 +93,8 @@ for i = 3, #ARGV, 2 do
   local ulid = ARGV[i]
   local token = ARGV[i + 1]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf', 'created')
+  local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'prio', 'due', 'cancel', 'ttl', 'start_by', 'wf',
+                       'created')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 0
   else
