@@ -94,13 +94,13 @@ local function let_one_go(ckey)
 end
 
 -- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
--- of its key go; when it ended, releases its unique key if it still holds it.
-local function limits_left(key, ulid, ended)
-  local x = redis.call('HMGET', key, 'uniq', 'ckey')
-  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] then
-    redis.call('SREM', conc_prefix .. x[2], ulid)
-    let_one_go(x[2])
+-- of its key go; when it ended, releases its unique key if it still holds it. `uniq` and `ckey`
+-- are the task's fields of those names (read by the caller with the rest of its record).
+local function limits_left(ulid, uniq, ckey, ended)
+  if ended and uniq and redis.call('GET', uniq_prefix .. uniq) == ulid then redis.call('DEL', uniq_prefix .. uniq) end
+  if ckey then
+    redis.call('SREM', conc_prefix .. ckey, ulid)
+    let_one_go(ckey)
   end
 end
 -- end limits ------------------------------------------------------------------------------------
@@ -113,7 +113,8 @@ for i = 2, #ARGV, 4 do
   local result = ARGV[i + 2]
   local rtype = ARGV[i + 3]
   local key = task_prefix .. ulid
-  local f = redis.call('HMGET', key, 'state', 'token', 'started', 'finished', 'ttl', 'cancel', 'wf')
+  local f = redis.call('HMGET', key, 'state', 'token', 'started', 'finished', 'ttl', 'cancel', 'wf',
+                             'uniq', 'ckey')
   if f[2] ~= token then
     answers[#answers + 1] = -1
   elseif f[1] == 'running' then
@@ -124,7 +125,7 @@ for i = 2, #ARGV, 4 do
     redis.call('HSET', key, unpack(fields))
     if f[6] then redis.call('HDEL', key, 'cancel', 'reason') end
     redis.call('PEXPIREAT', key, now + ttl)
-    limits_left(key, ulid, true)
+    limits_left(ulid, f[8], f[9], true)
     done_ids[#done_ids + 1] = ulid
     if f[7] then wf_done[#wf_done + 1] = ulid end
     done_scores[#done_scores + 1] = now + ttl; done_scores[#done_scores + 1] = ulid

@@ -82,13 +82,13 @@ local function let_one_go(ckey)
 end
 
 -- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
--- of its key go; when it ended, releases its unique key if it still holds it.
-local function limits_left(key, ulid, ended)
-  local x = redis.call('HMGET', key, 'uniq', 'ckey')
-  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] then
-    redis.call('SREM', conc_prefix .. x[2], ulid)
-    let_one_go(x[2])
+-- of its key go; when it ended, releases its unique key if it still holds it. `uniq` and `ckey`
+-- are the task's fields of those names (read by the caller with the rest of its record).
+local function limits_left(ulid, uniq, ckey, ended)
+  if ended and uniq and redis.call('GET', uniq_prefix .. uniq) == ulid then redis.call('DEL', uniq_prefix .. uniq) end
+  if ckey then
+    redis.call('SREM', conc_prefix .. ckey, ulid)
+    let_one_go(ckey)
   end
 end
 -- end limits ------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ for i = 3, #ARGV, 8 do
 
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'token', 'attempt', 'max', 'b_init', 'b_max', 'b_mult',
-                       'b_jit', 'prio', 'cancel', 'ttl', 'wf')
+                       'b_jit', 'prio', 'cancel', 'ttl', 'wf', 'uniq', 'ckey')
   if f[1] ~= 'running' or f[2] ~= token then
     answers[#answers + 1] = 'stale'
   else
@@ -132,7 +132,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
-      limits_left(key, ulid, true)
+      limits_left(ulid, f[13], f[14], true)
       if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'cancelled'
     elseif e_retry == '0' or attempt >= (tonumber(f[4]) or DEFAULT.max) then
@@ -142,7 +142,7 @@ for i = 3, #ARGV, 8 do
       redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead_ids[#dead_ids + 1] = ulid
-      limits_left(key, ulid, true)
+      limits_left(ulid, f[13], f[14], true)
       if f[12] then wf_done[#wf_done + 1] = ulid end
       answers[#answers + 1] = 'dead'
     else
@@ -164,7 +164,7 @@ for i = 3, #ARGV, 8 do
         to_schedule[#to_schedule + 1] = now + delay; to_schedule[#to_schedule + 1] = ulid
         scheduled_ids[#scheduled_ids + 1] = ulid
       end
-      limits_left(key, ulid, false)
+      limits_left(ulid, f[13], f[14], false)
       answers[#answers + 1] = 'retrying'
     end
   end

@@ -80,13 +80,13 @@ local function let_one_go(ckey)
 end
 
 -- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
--- of its key go; when it ended, releases its unique key if it still holds it.
-local function limits_left(key, ulid, ended)
-  local x = redis.call('HMGET', key, 'uniq', 'ckey')
-  if ended and x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] then
-    redis.call('SREM', conc_prefix .. x[2], ulid)
-    let_one_go(x[2])
+-- of its key go; when it ended, releases its unique key if it still holds it. `uniq` and `ckey`
+-- are the task's fields of those names (read by the caller with the rest of its record).
+local function limits_left(ulid, uniq, ckey, ended)
+  if ended and uniq and redis.call('GET', uniq_prefix .. uniq) == ulid then redis.call('DEL', uniq_prefix .. uniq) end
+  if ckey then
+    redis.call('SREM', conc_prefix .. ckey, ulid)
+    let_one_go(ckey)
   end
 end
 -- end limits ------------------------------------------------------------------------------------
@@ -111,7 +111,8 @@ end
 for i, ulid in ipairs(due_ids) do
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'attempt', 'max', 'b_init', 'b_max', 'b_mult', 'b_jit',
-                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf', 'created')
+                       'prio', 'cancel', 'ttl', 'exec_dl', 'due', 'timeout', 'lease', 'wf', 'created',
+                       'uniq', 'ckey')
   if f[1] == 'running' then
     local attempt = tonumber(f[2])
     local exhausted = attempt >= (tonumber(f[3]) or DEFAULT.max)
@@ -123,7 +124,7 @@ for i, ulid in ipairs(due_ids) do
       redis.call('PEXPIREAT', key, now + ttl)
       to_cancel[#to_cancel + 1] = now + ttl; to_cancel[#to_cancel + 1] = ulid
       cancelled_ids[#cancelled_ids + 1] = ulid
-      limits_left(key, ulid, true)
+      limits_left(ulid, f[17], f[18], true)
       if f[15] then wf_done[#wf_done + 1] = ulid end
     elseif exec_dl > 0 and exec_dl <= now then
       local msg = 'attempt ' .. attempt .. ' exceeded its execution timeout of ' .. f[13] .. ' ms'
@@ -133,7 +134,7 @@ for i, ulid in ipairs(due_ids) do
         redis.call('PEXPIREAT', key, now + dl_ttl)
         to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
         dead[#dead + 1] = ulid
-        limits_left(key, ulid, true)
+        limits_left(ulid, f[17], f[18], true)
         if f[15] then wf_done[#wf_done + 1] = ulid end
       else
         local ri = (r + (i - 1) * GOLDEN) % 1
@@ -155,7 +156,7 @@ for i, ulid in ipairs(due_ids) do
           scheduled_ids[#scheduled_ids + 1] = ulid
         end
         timed_out[#timed_out + 1] = ulid
-        limits_left(key, ulid, false)
+        limits_left(ulid, f[17], f[18], false)
       end
     elseif exhausted then
       local msg = 'lease of ' .. (f[14] or DEFAULT.lease) .. ' ms expired without a heartbeat on attempt ' .. attempt
@@ -164,7 +165,7 @@ for i, ulid in ipairs(due_ids) do
       redis.call('PEXPIREAT', key, now + dl_ttl)
       to_dead[#to_dead + 1] = now + dl_ttl; to_dead[#to_dead + 1] = ulid
       dead[#dead + 1] = ulid
-      limits_left(key, ulid, true)
+      limits_left(ulid, f[17], f[18], true)
       if f[15] then wf_done[#wf_done + 1] = ulid end
     else
       redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
@@ -172,7 +173,7 @@ for i, ulid in ipairs(due_ids) do
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       requeued[#requeued + 1] = ulid
-      limits_left(key, ulid, false)
+      limits_left(ulid, f[17], f[18], false)
     end
   end
   -- an entry whose record is gone or not running is only dropped from the index
