@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +52,15 @@ class StoreHarness:
 
     def lease(self, count: int = 1, worker: str = "w1") -> list[LeasedTask]:
         leased, *_ = self.run(self.store.lease(self.queue, count, worker))
+        return leased
+
+    def leased_after_delay(self, delay_ms: int = 30) -> LeasedTask:
+        """Submits a task `delay_ms` ahead, promotes it once due and leases it (its `due` is
+        then `delay_ms` past its `created`)."""
+        self.enqueue(self.task(delay_ms=delay_ms))
+        time.sleep(delay_ms / 1000 + 0.02)
+        assert self.run(self.store.promote(self.queue, 10)) == 1
+        [leased] = self.lease(1)
         return leased
 
     def running(self, count: int = 1, **options: Any) -> list[Lease]:

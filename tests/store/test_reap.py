@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from broker_service.domain import Lease, RetryPolicy, TaskState
 from broker_service.store.store import Store
 from tests.store.conftest import StoreHarness
@@ -22,19 +20,14 @@ def _exceed_timeout(harness: StoreHarness, lease: Lease) -> None:
 
 
 def test_reap_requeues_a_delayed_task_at_its_due_time_not_its_creation(harness: StoreHarness) -> None:
-    task = harness.task(delay_ms=30)
-    harness.enqueue(task)
-    time.sleep(0.05)
-    assert harness.run(harness.store.promote(harness.queue, 10)) == 1
-    [leased] = harness.lease(1)
-    _expire_lease(harness, Lease(task.ulid, leased.lease_token))
+    leased = harness.leased_after_delay(30)
+    _expire_lease(harness, Lease(leased.ulid, leased.lease_token))
 
-    assert harness.run(harness.store.reap(harness.queue, 100, 0.5)).requeued == [task.ulid]
+    assert harness.run(harness.store.reap(harness.queue, 100, 0.5)).requeued == [leased.ulid]
 
-    dump = harness.dump()
-    due = int(dump["tasks"][task.ulid]["due"])
-    assert due == int(dump["tasks"][task.ulid]["created"]) + 30
-    assert dump["scores"]["queued"][task.ulid] == queued_score(0, due)
+    record = harness.dump()["tasks"][leased.ulid]
+    assert int(record["due"]) == int(record["created"]) + 30
+    assert harness.dump()["scores"]["queued"][leased.ulid] == queued_score(0, int(record["due"]))
 
 
 def test_reap_requeues_a_task_whose_lease_expired_in_its_old_place(harness: StoreHarness) -> None:

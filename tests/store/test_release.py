@@ -29,20 +29,16 @@ def test_release_puts_a_started_task_back_in_its_place(harness: StoreHarness) ->
 
 
 def test_release_puts_a_delayed_task_back_at_its_due_time_not_its_creation(harness: StoreHarness) -> None:
-    task = harness.task(delay_ms=30)
-    harness.enqueue(task)
-    time.sleep(0.05)
-    assert harness.run(harness.store.promote(harness.queue, 10)) == 1
-    [leased] = harness.lease(1)
+    leased = harness.leased_after_delay(30)
 
     assert harness.run(harness.store.release(
-        harness.queue, [Lease(task.ulid, leased.lease_token)], "nack", started=True)) == [True]
+        harness.queue, [Lease(leased.ulid, leased.lease_token)], "nack", started=True)) == [True]
 
     dump = harness.dump()
-    record = dump["tasks"][task.ulid]
+    record = dump["tasks"][leased.ulid]
     assert int(record["due"]) == int(record["created"]) + 30
     assert leased.queued_at_ms == int(record["due"])
-    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["due"]))
+    assert dump["scores"]["queued"][leased.ulid] == queued_score(0, int(record["due"]))
 
 
 def test_release_of_an_unstarted_task_does_not_count_the_attempt(harness: StoreHarness) -> None:
