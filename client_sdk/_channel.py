@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["MAX_MESSAGE_BYTES", "channel_options", "service_config"]
 
-SDK_VERSION = "0.7.0"
+SDK_VERSION = "0.8.0"
 MAX_MESSAGE_BYTES = 64 << 20
 _SERVICE = "conveyor.v1.TaskService"
 # Reads are safe to repeat. EnqueueTask and BatchEnqueueTasks are not (a retry after a lost

@@ -25,7 +25,7 @@ from worker_sdk.errors import WorkerError
 
 logger = logging.getLogger(__name__)
 
-SDK = "conveyor-python/0.7.0"
+SDK = "conveyor-python/0.8.0"
 WELCOME_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 10.0
 DRAIN_FLUSH_MAX = 10.0

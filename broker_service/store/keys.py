@@ -27,8 +27,25 @@ class QueueKeys:
         return self.task_prefix + ulid
 
     @property
+    def ready(self) -> str:
+        """HASH of ready tasks: ulid -> the task's record, packed (msgpack; layout in KEYS.md). A
+        ready task has no task hash of its own: this is most of a waiting queue's memory."""
+        return f"{self.tag}:ready"
+
+    @property
+    def ready_lists(self) -> str:
+        """LIST per priority: `<tag>:ready:<0..9>`, ready ulids in lease order (leased from the
+        head). An entry whose ulid is no longer in `ready` is stale and skipped. Scripts receive
+        this prefix as a KEYS entry."""
+        return f"{self.tag}:ready:"
+
+    def ready_list(self, priority: int) -> str:
+        return f"{self.ready_lists}{priority}"
+
+    @property
     def queued(self) -> str:
-        """ZSET of ready tasks: member ulid, score (9 - priority) * 1e13 + enqueue ms."""
+        """ZSET of ready tasks as brokers before 0.8 kept them (member ulid, score (9 - priority) *
+        1e13 + ready ms, each with its task hash): promote.lua moves them into `ready`."""
         return f"{self.tag}:queued"
 
     @property
@@ -135,7 +152,7 @@ class QueueKeys:
     def by_state(self, state: TaskState) -> str:
         """The index that holds the queue's tasks in `state`."""
         return {
-            TaskState.QUEUED: self.queued,
+            TaskState.QUEUED: self.ready,
             TaskState.SCHEDULED: self.scheduled,
             TaskState.RUNNING: self.running,
         }.get(state) or self.finished(state)

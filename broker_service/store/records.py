@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from broker_service.domain import (
     DEFAULT_CONTENT_TYPE,
     LeasedTask,
@@ -135,6 +137,23 @@ def record_from_hash(ulid: str, queue: str, raw: Mapping[bytes | str, bytes | st
     """A TaskRecord from an HGETALL reply."""
     fields = {text(k): v if isinstance(v, bytes) else v.encode() for k, v in raw.items()}
     return record_from_fields(ulid, queue, fields)
+
+
+def fields_from_packed(packed: bytes) -> dict[str, bytes]:
+    """The fields of a ready task's packed record (lua/KEYS.md, `ready`) as its task hash holds
+    them, but for the payload, whole rather than in pieces."""
+    name, created, payload, *rest = msgpack.unpackb(packed, raw=True)
+    fields = {"state": b"queued", "name": name, "created": created}
+    if payload:
+        fields["payload"] = payload
+    for i in range(0, len(rest), 2):
+        fields[text(rest[i])] = rest[i + 1]
+    return fields
+
+
+def record_from_packed(ulid: str, queue: str, packed: bytes) -> TaskRecord:
+    """A TaskRecord from a ready task's packed record."""
+    return record_from_fields(ulid, queue, fields_from_packed(packed))
 
 
 def leased_from_reply(queue: str, reply: Sequence[Any]) -> tuple[list[LeasedTask], list[str]]:

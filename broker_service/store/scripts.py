@@ -25,27 +25,27 @@ log = logging.getLogger(__name__)
 # The KEYS of every script, in order: each name is a QueueKeys attribute, or a key the wrapper
 # passes itself (list_page's `index`). The header of each .lua file lists the same names.
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
-    "enqueue": ("task_prefix", "queued", "scheduled", "start_deadlines", "events", "pending", "idem_prefix",
-                "uniq_prefix"),
-    "lease": ("task_prefix", "queued", "running", "start_deadlines", "expired", "sequence", "events", "limits",
-              "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox", "running_events"),
+    "enqueue": ("task_prefix", "ready", "ready_lists", "scheduled", "start_deadlines", "events", "pending",
+                "idem_prefix", "uniq_prefix"),
+    "lease": ("task_prefix", "ready", "ready_lists", "running", "start_deadlines", "expired", "sequence", "events",
+              "limits", "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox", "running_events"),
     "extend": ("task_prefix", "running"),
-    "complete": ("task_prefix", "running", "succeeded", "events", "queued", "held", "conc_prefix", "held_prefix",
-                 "uniq_prefix", "wf_outbox"),
-    "fail": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
-             "held_prefix", "uniq_prefix", "wf_outbox"),
-    "cancel_running": ("task_prefix", "running", "cancelled", "events", "queued", "held", "conc_prefix",
+    "complete": ("task_prefix", "running", "succeeded", "events", "ready", "ready_lists", "held", "conc_prefix",
+                 "held_prefix", "uniq_prefix", "wf_outbox"),
+    "fail": ("task_prefix", "running", "ready", "ready_lists", "scheduled", "failed", "cancelled", "events", "held",
+             "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
+    "cancel_running": ("task_prefix", "running", "cancelled", "events", "ready", "ready_lists", "held", "conc_prefix",
                        "held_prefix", "uniq_prefix", "wf_outbox"),
-    "release": ("task_prefix", "running", "queued", "cancelled", "start_deadlines", "events", "held", "conc_prefix",
-                "held_prefix", "uniq_prefix", "wf_outbox"),
+    "release": ("task_prefix", "running", "ready", "ready_lists", "cancelled", "start_deadlines", "events", "held",
+                "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
     "progress": ("task_prefix", "events"),
-    "cancel": ("task_prefix", "queued", "scheduled", "start_deadlines", "cancelled", "events", "held", "held_prefix",
-               "uniq_prefix", "pending", "wf_outbox"),
-    "reap": ("task_prefix", "running", "queued", "scheduled", "failed", "cancelled", "events", "held", "conc_prefix",
-             "held_prefix", "uniq_prefix", "wf_outbox"),
-    "promote": ("task_prefix", "scheduled", "queued", "events"),
-    "expire": ("task_prefix", "start_deadlines", "queued", "scheduled", "expired", "events", "held", "held_prefix",
-               "uniq_prefix", "wf_outbox"),
+    "cancel": ("task_prefix", "ready", "ready_lists", "scheduled", "start_deadlines", "cancelled", "events", "held",
+               "held_prefix", "uniq_prefix", "pending", "wf_outbox"),
+    "reap": ("task_prefix", "running", "ready", "ready_lists", "scheduled", "failed", "cancelled", "events", "held",
+             "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox"),
+    "promote": ("task_prefix", "scheduled", "ready", "ready_lists", "queued", "events"),
+    "expire": ("task_prefix", "start_deadlines", "ready", "ready_lists", "scheduled", "expired", "events", "held",
+               "held_prefix", "uniq_prefix", "wf_outbox"),
     "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
     "list_page": ("index", "task_prefix"),
     "set_limits": ("limits", "events"),
@@ -59,7 +59,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "create_workflow": ("record", "events"),
     "settle_node": ("record", "events"),
     "cancel_workflow": ("record", "events"),
-    "unblock": ("task_prefix", "pending", "queued", "scheduled", "start_deadlines", "events"),
+    "unblock": ("task_prefix", "pending", "ready", "ready_lists", "scheduled", "start_deadlines", "events"),
 }
 
 Arg = str | bytes | int | float
@@ -88,7 +88,7 @@ def read_scripts() -> dict[str, Script]:
         b"-- enqueue.lua, then lease.lua for the same queue, in one call (built by scripts.py)\n",
         b"local function enqueue(KEYS, ARGV)\n", scripts["enqueue"].source, b"\nend\n",
         b"local function lease(KEYS, ARGV)\n", scripts["lease"].source, b"\nend\n",
-        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS, SCRIPT_KEYS["enqueue"].index("queued") + 1,
+        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS, SCRIPT_KEYS["enqueue"].index("ready") + 1,
                                SCRIPT_KEYS["enqueue"].index("events") + 1))))
     return scripts
 
@@ -103,7 +103,7 @@ def _script(name: str, source: bytes) -> Script:
 ENQUEUE_LEASE = "enqueue_lease"
 ENQUEUE_ARGS = 2
 _ENQUEUE_LEASE_MAIN = b"""
-local nk, na, queued, events = %d, %d, %d, %d
+local nk, na, ready, events = %d, %d, %d, %d
 local k1, a1, k2, a2 = {}, {}, {}, {}
 for i = 1, nk do k1[i] = KEYS[i] end
 for i = nk + 1, #KEYS do k2[#k2 + 1] = KEYS[i] end
@@ -111,7 +111,7 @@ for i = 1, na do a1[i] = ARGV[i] end
 for i = na + 1, #ARGV do a2[#a2 + 1] = ARGV[i] end
 local enqueued = enqueue(k1, a1)
 local leased = lease(k2, a2)
-if redis.call('ZCARD', k1[queued]) > 0 then redis.call('PUBLISH', k1[events], 'wake') end
+if redis.call('HLEN', k1[ready]) > 0 then redis.call('PUBLISH', k1[events], 'wake') end
 return {enqueued, leased}
 """
 

@@ -51,6 +51,7 @@ from broker_service.store.errors import redis_errors
 from broker_service.store.keys import GlobalKeys, QueueKeys, ScheduleKeys
 from broker_service.store.records import (
     LIST_FIELDS,
+    fields_from_packed,
     joined,
     leased_from_reply,
     record_from_fields,
@@ -183,12 +184,11 @@ class Store:
         return _enqueued(flat, tasks), _lease_batch(queue, reply)
 
     async def get(self, queue: str, ulid: str) -> TaskRecord:
-        """Reads one task (HGETALL). Raises TaskNotFoundError."""
-        with redis_errors():
-            raw = await self.redis.hgetall(self.queue_keys(queue).task(ulid))
-        if not raw:
+        """Reads one task (HGETALL; a ready one from `ready`). Raises TaskNotFoundError."""
+        [record] = await self.get_many([(queue, ulid)])
+        if record is None:
             raise TaskNotFoundError(f"task {ulid}@{queue}")
-        return record_from_hash(ulid, queue, raw)
+        return record
 
     async def lease(self, queue: str, count: int, worker_id: str) -> LeaseBatch:
         """Pops up to `count` ready tasks by priority and leases them to `worker_id` (lease.lua).
@@ -342,6 +342,8 @@ class Store:
         if state is TaskState.QUEUED and cursor.startswith(_HELD_CURSOR):
             index, cursor = keys.held, cursor[len(_HELD_CURSOR):]
         after = _decode_cursor(cursor, queue, state) if cursor else None
+        if index == keys.ready:
+            return await self._list_ready(queue, page_size, after)
         more, flat = await self.scripts.list_page(keys, index, page_size, after, LIST_FIELDS)
         width = 2 + len(LIST_FIELDS)
         tasks = []
@@ -355,22 +357,51 @@ class Store:
         next_cursor = _encode_cursor(queue, state, last) if more and last else ""
         if index == keys.held and next_cursor:
             next_cursor = _HELD_CURSOR + next_cursor
-        elif state is TaskState.QUEUED and index == keys.queued and not next_cursor:
-            with redis_errors():
-                if await self.redis.zcard(keys.held):
-                    next_cursor = _HELD_CURSOR  # the held tasks come after the queued ones
         return Page(tasks=tasks, next_cursor=next_cursor)
+
+    async def _list_ready(self, queue: str, page_size: int, after: tuple[str, str] | None) -> Page:
+        """A page of the ready tasks in lease order: the lists of priority 9 down to 0, passing
+        over stale entries; then, by a cursor of its own, the held tasks. `after` is (priority,
+        ulid) of the last task seen: the page starts right after that entry, or at the head of
+        its list when it has left (the lists lose entries only at the head, so every entry that
+        stood before it has left too)."""
+        keys = self.queue_keys(queue)
+        first, last_seen = (int(after[0]), after[1]) if after else (9, "")
+        if not 0 <= first <= 9:
+            raise ValueError("malformed cursor")
+        tasks: list[TaskRecord] = []
+        last: tuple[str, str] | None = None
+        with redis_errors():
+            for priority in range(first, -1, -1):
+                key = keys.ready_list(priority)
+                start = 0
+                if priority == first and last_seen:
+                    position: Any = await self.redis.lpos(key, last_seen)
+                    start = 0 if position is None else int(position) + 1
+                while ulids := await self.redis.lrange(key, start, start + page_size):
+                    start += len(ulids)
+                    records: Any = await self.redis.hmget(keys.ready, ulids)
+                    for ulid, packed in zip(ulids, records, strict=True):
+                        if packed is None:
+                            continue  # stale
+                        if len(tasks) == page_size:
+                            assert last is not None
+                            return Page(tasks=tasks, next_cursor=_encode_cursor(queue, TaskState.QUEUED, last))
+                        fields = {k: v for k, v in fields_from_packed(packed).items() if k in LIST_FIELDS}
+                        tasks.append(record_from_fields(text(ulid), queue, fields))
+                        last = (str(priority), text(ulid))
+            held = await self.redis.zcard(keys.held)
+        # the held tasks come after the ready ones
+        return Page(tasks=tasks, next_cursor=_HELD_CURSOR if held else "")
 
     async def depths(self, queue: str) -> dict[TaskState, int]:
         """Size of every index of the queue, in one round trip."""
-        keys = self.queue_keys(queue)
         states = list(TaskState)
         with redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
-                for state in states:
-                    pipe.zcard(keys.by_state(state))
+                _count_states(pipe, self.queue_keys(queue), states)
                 sizes = await pipe.execute()
-        return {state: int(size) for state, size in zip(states, sizes, strict=True)}
+        return _state_counts(states, sizes)
 
     # Schedules: each transition one script on the schedules' slot (see schedule.py for the ticks).
 
@@ -479,17 +510,15 @@ class Store:
                     keys = self.queue_keys(queue)
                     pipe.hmget(keys.limits, "max_running", "rate", "burst")
                     pipe.zcard(keys.held)
-                    for state in states:
-                        pipe.zcard(keys.by_state(state))
+                    _count_states(pipe, keys, states)
                 replies = await pipe.execute()
         infos = []
-        width = 2 + len(states)
+        width = 3 + len(states)
         for n, queue in enumerate(queues):
             (max_running, rate, burst), held, *sizes = replies[n * width:(n + 1) * width]
             limits = QueueLimits(max_running=int(max_running or 0), rate_per_second=float(rate or 0),
                                  rate_burst=int(burst or 0))
-            infos.append(QueueInfo(queue, limits, {s: int(c) for s, c in zip(states, sizes, strict=True)},
-                                   held=int(held)))
+            infos.append(QueueInfo(queue, limits, _state_counts(states, sizes), held=int(held)))
         return infos
 
     async def held_count(self, queue: str) -> int:
@@ -515,7 +544,9 @@ class Store:
 
     async def get_many(self, tasks: list[tuple[str, str]]) -> list[TaskRecord | None]:
         """Reads tasks given as (queue, ulid) in one pipelined round trip (HGETALL each); None
-        for a task whose record is gone."""
+        for a task whose record is gone. A task without a hash of its own is read again with
+        its packed record in `ready`, both in one transaction: a task moves between the two
+        atomically, so it is found whichever side it is on then."""
         if not tasks:
             return []
         with redis_errors():
@@ -526,8 +557,27 @@ class Store:
                     for queue, ulid in tasks:
                         pipe.hgetall(self.queue_keys(queue).task(ulid))
                     replies = await pipe.execute()
-        return [record_from_hash(ulid, queue, raw) if raw else None
-                for (queue, ulid), raw in zip(tasks, replies, strict=True)]
+        records: list[TaskRecord | None] = [record_from_hash(ulid, queue, raw) if raw else None
+                                            for (queue, ulid), raw in zip(tasks, replies, strict=True)]
+        for i, record in enumerate(records):
+            if record is None:
+                queue, ulid = tasks[i]
+                fields = await self._fields_anywhere(queue, ulid)
+                records[i] = record_from_fields(ulid, queue, fields) if fields else None
+        return records
+
+    async def _fields_anywhere(self, queue: str, ulid: str) -> dict[str, bytes] | None:
+        """One task's fields from its hash or, when it is ready, from its packed record, both
+        read in one MULTI; None when it has neither."""
+        keys = self.queue_keys(queue)
+        with redis_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(keys.task(ulid))
+                pipe.hget(keys.ready, ulid)
+                raw, packed = await pipe.execute()
+        if raw:
+            return {text(k): v for k, v in raw.items()}
+        return fields_from_packed(packed) if packed else None
 
     async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
         """Records a node's final state and answers what follows (settle_node.lua); idempotent."""
@@ -570,8 +620,11 @@ class Store:
         with redis_errors():
             state, wf, node, parents, rpass = await self.redis.hmget(
                 self.queue_keys(queue).task(ulid), ["state", "wf", "node", "parents", "rpass"])
-        if state is None:
-            return None
+        if state is None:  # ready, or gone
+            fields = await self._fields_anywhere(queue, ulid)
+            if fields is None:
+                return None
+            state, wf, node, parents, rpass = (fields.get(k) for k in ("state", "wf", "node", "parents", "rpass"))
         return NodeLinks(state=TaskState.from_label(text(state)), workflow_id=text(wf), node=text(node),
                          parent_ids=tuple(text(parents).split()), result_passing=int(rpass or 0))
 
@@ -655,6 +708,24 @@ def _decode_cursor(cursor: str, queue: str, state: TaskState) -> tuple[str, str]
     if not math.isfinite(number) or TASK_ID_PATTERN.fullmatch(f"{ulid}@{queue}") is None:
         raise ValueError("malformed cursor")
     return score, ulid
+
+
+def _count_states(pipe: Any, keys: QueueKeys, states: list[TaskState]) -> None:
+    """Queues the size of every state's index on `pipe`, then that of `queued`, where brokers
+    before 0.8 kept ready tasks (until promote.lua has moved them): len(states) + 1 replies."""
+    for state in states:
+        if state is TaskState.QUEUED:
+            pipe.hlen(keys.ready)
+        else:
+            pipe.zcard(keys.by_state(state))
+    pipe.zcard(keys.queued)
+
+
+def _state_counts(states: list[TaskState], sizes: list[Any]) -> dict[TaskState, int]:
+    """The counts of _count_states' replies; ready tasks of an older broker count as queued."""
+    counts = {state: int(size) for state, size in zip(states, sizes[:-1], strict=True)}
+    counts[TaskState.QUEUED] += int(sizes[-1])
+    return counts
 
 
 def _check_queue(queue: str, tasks: list[NewTask]) -> None:

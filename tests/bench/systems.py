@@ -152,7 +152,7 @@ def conveyor() -> System:
     return System(
         key="conveyor", label="Conveyor", python=sys.executable, driver="tests.bench.conveyor_driver",
         queue_db=0, result_db=0, dbs=(0,), needs_broker=True,
-        queue_depth_cmd=lambda r: int(r.zcard(f"{tag}:queued")),
+        queue_depth_cmd=lambda r: int(r.hlen(f"{tag}:ready")),
         result_count_cmd=lambda r: int(r.zcard(f"{tag}:succeeded")),
         drain_configs=[_conveyor_worker(1, 1), _conveyor_worker(1, 8), _conveyor_worker(1, 64),
                        _conveyor_worker(2, 64)],

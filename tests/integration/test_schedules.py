@@ -160,7 +160,7 @@ def test_ticks_missed_while_every_broker_was_down_follow_the_policy(
     queues = {MissedTicks.FIRE_ONCE: f"{queue_name}-once", MissedTicks.CATCH_UP: f"{queue_name}-all"}
 
     def stored_ticks(queue: str) -> list[int]:
-        members: Any = redis_client.zrange(QueueKeys(broker.namespace, queue).queued, 0, -1)
+        members: Any = redis_client.hkeys(QueueKeys(broker.namespace, queue).ready)
         return sorted(tick_of(m.decode()) for m in members)
 
     with Client(broker.address) as client:

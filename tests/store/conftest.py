@@ -41,6 +41,13 @@ class StoreHarness:
     def task(self, **options: Any) -> NewTask:
         return new_task(self.queue, **options)
 
+    def drop_record(self, ulid: str) -> None:
+        """Deletes a task's record wherever it is (its hash, or its packed record when ready), as
+        its expiry would, leaving its index entries behind."""
+        keys = self.store.queue_keys(self.queue)
+        self.redis.delete(keys.task(ulid))
+        self.redis.hdel(keys.ready, ulid)
+
     def enqueue(self, *tasks: NewTask) -> list[EnqueueResult]:
         return self.run(self.store.enqueue(self.queue, list(tasks)))
 

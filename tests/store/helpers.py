@@ -10,16 +10,30 @@ import redis
 
 from broker_service.domain import NewTask, RetryPolicy, TaskState, new_ulid
 from broker_service.store.keys import QueueKeys
+from broker_service.store.records import fields_from_packed
 
 NAMESPACE = "conveyor"
-INDEXES = ("queued", "scheduled", "running", "start_by", "pending", "succeeded", "failed", "cancelled", "expired")
+INDEXES = ("scheduled", "running", "start_by", "pending", "succeeded", "failed", "cancelled", "expired")
 TIME_FIELDS = ("created", "due", "started", "finished", "start_by", "exec_dl")
-BINARY_FIELDS = ("payload", "result")
+BINARY_FIELDS = ("payload", "result", "presults")
+PIECE, MAX_PIECES = 64, 32  # enqueue.lua's `pieces`
 
 
 def _binary(field: str) -> bool:
     """Payload and result bytes, and the pieces of a long one (p2, p3, ..., r2, r3, ...)."""
     return field in BINARY_FIELDS or (field[:1] in ("p", "r") and field[1:].isdigit())
+
+
+def _pieces(name: str, prefix: str, count_name: str, value: bytes) -> dict[str, bytes | str]:
+    """A value as a task hash holds it (enqueue.lua's put_pieces): in 64-byte pieces when longer."""
+    if len(value) <= PIECE or len(value) > PIECE * MAX_PIECES:
+        return {name: value}
+    count = -(-len(value) // PIECE)
+    out: dict[str, bytes | str] = {name: value[:PIECE]}
+    for j in range(2, count + 1):
+        out[f"{prefix}{j}"] = value[(j - 1) * PIECE:j * PIECE]
+    out[count_name] = str(count)
+    return out
 
 
 def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> dict[str, Any]:
@@ -28,18 +42,44 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
     {"indexes": {index: [ulid, ...] in order}, "scores": {index: {ulid: score}},
      "tasks": {ulid: {field: str (bytes for payload/result and their pieces)}},
      "expires": {ulid: PEXPIRETIME, -1 for none},
+     "ready": {priority: [ulid, ...] (every list entry, stale ones too)},
      "seq": int or None, "other": [names of keys no schema entry explains]}
+
+    The ready tasks stand as the `queued` index, in lease order (stale entries left out), each
+    scored as brokers before 0.8 scored it ((9 - prio) * 1e13 + due), and each record as the
+    task hash it becomes when it leaves `ready` (state queued, a long payload in pieces).
     """
     keys = QueueKeys(namespace, queue)
-    out: dict[str, Any] = {"indexes": {}, "scores": {}, "tasks": {}, "expires": {}, "seq": None, "other": []}
+    out: dict[str, Any] = {"indexes": {}, "scores": {}, "tasks": {}, "expires": {}, "ready": {}, "seq": None,
+                           "other": []}
     for name in INDEXES:
         key = keys.start_deadlines if name == "start_by" else f"{keys.tag}:{name}"
         entries: Any = client.zrange(key, 0, -1, withscores=True)
         out["indexes"][name] = [m.decode() for m, _ in entries]
         out["scores"][name] = {m.decode(): int(s) for m, s in entries}
+    packed: Any = client.hgetall(keys.ready)
+    out["indexes"]["queued"], out["scores"]["queued"] = [], {}
+    for priority in range(9, -1, -1):
+        listed: Any = client.lrange(keys.ready_list(priority), 0, -1)
+        out["ready"][priority] = [u.decode() for u in listed]
+        for raw_ulid in listed:
+            ulid = raw_ulid.decode()
+            if raw_ulid not in packed or ulid in out["scores"]["queued"]:
+                continue
+            fields = fields_from_packed(packed[raw_ulid])
+            task: dict[str, Any] = {k: (v if _binary(k) else v.decode()) for k, v in fields.items() if k != "payload"}
+            task.update(_pieces("payload", "p", "pn", fields.get("payload", b"")) if "payload" in fields else {})
+            out["tasks"][ulid] = task
+            out["expires"][ulid] = -1
+            out["indexes"]["queued"].append(ulid)
+            due = int(task.get("due") or task["created"])
+            out["scores"]["queued"][ulid] = (9 - int(task.get("prio", 0))) * 10**13 + due
+    unlisted = {u.decode() for u in packed} - set(out["scores"]["queued"])
+    assert not unlisted, f"ready tasks in no list: {sorted(unlisted)}"
     seq: Any = client.get(keys.sequence)
     out["seq"] = int(seq) if seq is not None else None
-    known = {keys.sequence} | {keys.start_deadlines} | {f"{keys.tag}:{n}" for n in INDEXES}
+    known = ({keys.sequence, keys.start_deadlines, keys.ready} | {f"{keys.tag}:{n}" for n in INDEXES}
+             | {keys.ready_list(p) for p in range(10)})
     raw_key: Any
     for raw_key in client.scan_iter(match=f"{keys.tag}:*", count=1000):
         key = raw_key.decode()

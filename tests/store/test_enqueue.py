@@ -220,7 +220,9 @@ def test_enqueue_of_a_large_batch_is_one_call(harness: StoreHarness) -> None:
     results = harness.enqueue(*tasks)
 
     assert len(results) == 5_000
-    assert harness.redis.zcard(harness.store.queue_keys(harness.queue).queued) == 5_000
+    keys = harness.store.queue_keys(harness.queue)
+    assert harness.redis.hlen(keys.ready) == 5_000
+    assert [harness.redis.llen(keys.ready_list(p)) for p in range(10)] == [500] * 10
 
 
 def test_enqueue_and_lease_leases_in_the_same_call_and_wakes_only_for_tasks_left(harness: StoreHarness) -> None:

@@ -136,7 +136,7 @@ def test_lease_of_a_retry_clears_the_previous_progress(harness: StoreHarness) ->
 
 def test_lease_drops_index_entries_whose_record_is_gone(harness: StoreHarness) -> None:
     gone, kept = harness.submit(2)
-    harness.redis.delete(harness.store.queue_keys(harness.queue).task(gone))
+    harness.drop_record(gone)
 
     assert [t.ulid for t in harness.lease(2)] == [kept]
     assert harness.dump()["indexes"]["queued"] == []

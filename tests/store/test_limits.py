@@ -84,7 +84,7 @@ def test_the_second_of_two_tasks_with_one_idempotency_key_in_a_batch_is_a_duplic
 def test_an_idempotency_key_outliving_its_record_still_answers_the_original_id(harness: StoreHarness) -> None:
     first = harness.task(idempotency_key="k")
     harness.enqueue(first)
-    harness.redis.delete(_keys(harness).task(first.ulid))
+    harness.drop_record(first.ulid)
 
     [again] = harness.enqueue(harness.task(idempotency_key="k"))
 
@@ -256,7 +256,7 @@ def test_every_exit_from_running_frees_the_slot(harness: StoreHarness) -> None:
         assert _running_of(harness, ckey) == set(), n
         assert _held(harness, ckey)[1] == [], n
         assert waiting in harness.dump()["indexes"]["queued"], n
-        harness.redis.delete(_keys(harness).queued)
+        harness.redis.delete(_keys(harness).ready, *(_keys(harness).ready_list(p) for p in range(10)))
 
 
 def test_cancel_of_a_held_task_takes_it_out_of_the_held_sets(harness: StoreHarness) -> None:

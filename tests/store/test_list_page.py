@@ -101,7 +101,7 @@ def test_list_paging_survives_the_last_seen_task_leaving(harness: StoreHarness) 
 
 def test_list_skips_index_entries_whose_record_expired(harness: StoreHarness) -> None:
     a, b = harness.submit(2)
-    harness.redis.delete(harness.store.queue_keys(harness.queue).task(a))
+    harness.drop_record(a)
 
     assert _ulids(_page(harness, TaskState.QUEUED, 10)) == [b]
 

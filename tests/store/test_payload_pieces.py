@@ -22,20 +22,19 @@ def test_a_payload_in_pieces_is_whole_again_for_lease_get_and_list(harness: Stor
     payload = os.urandom(size)  # any bytes: pieces are cut by byte, never by character
     task = harness.task(payload=payload)
     harness.enqueue(task)
+    assert harness.run(harness.store.get(harness.queue, task.ulid)).payload == payload
+    [many] = harness.run(harness.store.get_many([(harness.queue, task.ulid)]))
+    assert many is not None and many.payload == payload
 
+    [leased] = harness.lease()  # the ready task's packed record becomes its task hash
+
+    assert leased.payload == payload
     record = harness.dump()["tasks"][task.ulid]
     pieces = -(-size // 64)
     assert int(record["pn"]) == pieces
     assert b"".join([record["payload"], *(record[f"p{i}"] for i in range(2, pieces + 1))]) == payload
     assert all(len(record[f"p{i}"]) <= 64 for i in range(2, pieces + 1))
     assert _encoding(harness, task.ulid) == "listpack"
-    assert harness.run(harness.store.get(harness.queue, task.ulid)).payload == payload
-    [many] = harness.run(harness.store.get_many([(harness.queue, task.ulid)]))
-    assert many is not None and many.payload == payload
-
-    [leased] = harness.lease()
-
-    assert leased.payload == payload
     assert harness.run(harness.store.get(harness.queue, task.ulid)).payload == payload
 
 

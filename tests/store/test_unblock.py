@@ -23,7 +23,7 @@ def test_unblock_releases_a_pending_node_once_with_its_parents_results(harness: 
     dump = harness.dump()
     assert dump["indexes"]["pending"] == [] and dump["indexes"]["queued"] == [ulid]
     assert dump["tasks"][ulid]["state"] == "queued"
-    assert harness.redis.hget(harness.store.queue_keys(harness.queue).task(ulid), "presults") == blob
+    assert harness.dump()["tasks"][ulid]["presults"] == blob
     assert events.take(1) == [event("queued", [ulid])]
 
 

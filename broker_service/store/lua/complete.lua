@@ -4,12 +4,13 @@
 -- KEYS[2] running      ZSET     leased tasks
 -- KEYS[3] succeeded    ZSET     succeeded tasks, score record expiry ms
 -- KEYS[4] events       channel  the queue's pub/sub channel
--- KEYS[5] queued       ZSET     ready tasks
--- KEYS[6] held         ZSET     tasks held back by their concurrency key, queued score
--- KEYS[7] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
--- KEYS[8] held_prefix  prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[9] uniq_prefix  prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[10] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[5] ready        HASH     ready tasks' packed records, by ulid
+-- KEYS[6] ready_lists  prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[7] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[8] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[9] held_prefix  prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[10] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[11] wf_outbox   ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] read       string   ulids, space separated, whose hashes to answer as this call leaves
 --   them ('' = none): a waiter on the calling broker gets the result without another round trip
@@ -24,7 +25,7 @@
 --   writes nothing. The record expires `ttl` ms after finishing. Then, per ulid of `read`, its
 --   hash as HGETALL answers it (an empty array when the record is gone).
 -- Limits: the task releases its unique key and its concurrency slot; the oldest task held back by
---   its concurrency key goes back to `queued` in its old place.
+--   its concurrency key becomes ready again, at the head of its list.
 -- Publishes: `succeeded <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
@@ -32,12 +33,13 @@ local task_prefix = KEYS[1]
 local running = KEYS[2]
 local succeeded = KEYS[3]
 local events = KEYS[4]
-local queued = KEYS[5]
-local held = KEYS[6]
-local conc_prefix = KEYS[7]
-local held_prefix = KEYS[8]
-local uniq_prefix = KEYS[9]
-local wf_outbox = KEYS[10]
+local ready = KEYS[5]
+local ready_lists = KEYS[6]
+local held = KEYS[7]
+local conc_prefix = KEYS[8]
+local held_prefix = KEYS[9]
+local uniq_prefix = KEYS[10]
+local wf_outbox = KEYS[11]
 local read = ARGV[1]
 
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
@@ -75,10 +77,42 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
+
 -- limits: unique keys and concurrency slots of tasks that leave running -------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -86,7 +120,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end

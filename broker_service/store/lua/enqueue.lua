@@ -1,13 +1,14 @@
--- enqueue: writes new tasks of one queue, each to `queued` (ready now) or `scheduled` (due later).
+-- enqueue: writes new tasks of one queue, each to `ready` (ready now) or `scheduled` (due later).
 --
 -- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
--- KEYS[2] queued           ZSET     ready tasks, score (9 - prio) * 1e13 + ready ms
--- KEYS[3] scheduled        ZSET     delayed tasks, score due ms
--- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
--- KEYS[5] events           channel  the queue's pub/sub channel
--- KEYS[6] pending          ZSET     workflow nodes waiting for their parents, score created ms
--- KEYS[7] idem_prefix      prefix   `{ns:q}:idem:`; an idempotency key appended names its STRING
--- KEYS[8] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[2] ready            HASH     ready tasks' packed records, by ulid
+-- KEYS[3] ready_lists      prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[4] scheduled        ZSET     delayed tasks, score due ms
+-- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[6] events           channel  the queue's pub/sub channel
+-- KEYS[7] pending          ZSET     workflow nodes waiting for their parents, score created ms
+-- KEYS[8] idem_prefix      prefix   `{ns:q}:idem:`; an idempotency key appended names its STRING
+-- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 --
 -- ARGV[1] tasks            msgpack  an array with one row per task: an array of the 27 entries
 --   below, in this order (strings as raw, numbers as numbers); one argument however many tasks,
@@ -44,10 +45,12 @@
 -- ARGV[2] quiet            string   '1': publish no `wake` (the caller leases at once and wakes
 --   others itself if tasks are left, see scripts.py ENQUEUE_LEASE); '' = publish it
 --
--- Every key, id and number above is stored in the task hash under its entry name when it is not
+-- A task ready now is packed into `ready` (the fields below, see KEYS.md) and its ulid appended
+-- to its priority's list; any other gets its own task hash. Every key, id and number above is
+-- stored in the record under its entry name when it is not
 -- empty or 0 (a payload over 64 bytes in pieces: see `pieces` below) (`idem_ttl` is not stored); max, b_init, b_max, b_mult, lease and ttl only when they
 -- differ from DEFAULT (the readers of those fields apply the same table). A task with parents (or any workflow node) is written `pending` into
--- `pending` (it waits for its workflow to release it) instead of `queued` or `scheduled`; its
+-- `pending` (it waits for its workflow to release it) instead of `ready` or `scheduled`; its
 -- `delay` and `start_timeout` are then stored as `delay` and `start_tmo`, to count from release.
 --
 -- Idempotency key: the first task with `idem` takes `{ns:q}:idem:<idem>` (its ulid, PX idem_ttl);
@@ -58,21 +61,22 @@
 -- holder too. A holder that no longer waits or runs does not count. Within one call the checks
 -- see the tasks written before, so the second of two tasks sharing a key is a duplicate.
 --
--- Returns: one entry per task, in order: its state label ("queued", "scheduled" or "pending"),
+-- Returns: one entry per task, in order: its state label ("queued" when ready, "scheduled" or "pending"),
 --   or for a duplicate "<state> <holder ulid> <kind>" (state the holder's, '' when its record is
 --   gone; kind "idempotency" or "unique"). A ulid that already exists is left untouched and
 --   answers its current state (a retried enqueue is idempotent).
--- Publishes: `wake` when `queued` was empty before and now is not (unless `quiet`).
+-- Publishes: `wake` when `ready` was empty before and now is not (unless `quiet`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
-local queued = KEYS[2]
-local scheduled = KEYS[3]
-local start_deadlines = KEYS[4]
-local events = KEYS[5]
-local pending = KEYS[6]
-local idem_prefix = KEYS[7]
-local uniq_prefix = KEYS[8]
+local ready = KEYS[2]
+local ready_lists = KEYS[3]
+local scheduled = KEYS[4]
+local start_deadlines = KEYS[5]
+local events = KEYS[6]
+local pending = KEYS[7]
+local idem_prefix = KEYS[8]
+local uniq_prefix = KEYS[9]
 local tasks = ARGV[1]
 local quiet = ARGV[2]
 
@@ -111,6 +115,14 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+local fresh = {} -- ulids this call made ready (written to `ready` at its end)
+
+-- The state of task `ulid`: its hash's, or queued when it is ready; nil when there is none.
+local function state_of(ulid)
+  if fresh[ulid] then return 'queued' end
+  return redis.call('HGET', task_prefix .. ulid, 'state') or (redis.call('HEXISTS', ready, ulid) == 1 and 'queued') or nil
+end
+
 -- limits: idempotency and unique keys ------------------------------------------------------
 local LIVE = {pending = true, scheduled = true, queued = true, running = true}
 
@@ -119,13 +131,13 @@ local function taken(idem, idem_ttl, uniq)
   if idem ~= '' then
     local holder = redis.call('GET', idem_prefix .. idem)
     if holder then
-      return holder, redis.call('HGET', task_prefix .. holder, 'state') or '', 'idempotency'
+      return holder, state_of(holder) or '', 'idempotency'
     end
   end
   if uniq ~= '' then
     local holder = redis.call('GET', uniq_prefix .. uniq)
     if holder then
-      local state = redis.call('HGET', task_prefix .. holder, 'state')
+      local state = state_of(holder)
       if state and LIVE[state] then
         if idem ~= '' then redis.call('SET', idem_prefix .. idem, holder, 'PX', idem_ttl) end
         return holder, state, 'unique'
@@ -141,8 +153,9 @@ local function claim(ulid, idem, idem_ttl, uniq)
 end
 -- end limits ----------------------------------------------------------------------------------
 
-local was_empty = redis.call('ZCARD', queued) == 0
-local to_queue, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
+local was_empty = redis.call('HLEN', ready) == 0
+local to_ready, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
+local to_lists = {} -- priority -> ulids to append to its list
 local now_text = string.format('%d', now)
 
 -- Row entries a task hash keeps only when they differ from what their absent field means:
@@ -184,21 +197,35 @@ local function shape_of(row)
   if due > now then
     shape.state, shape.index, shape.score = 'scheduled', to_schedule, shape.due
   else
-    shape.state, shape.index, shape.score = 'queued', to_queue, string.format('%d', (9 - prio) * 1e13 + due)
+    shape.state, shape.ready = 'queued', true
+    local list = to_lists[prio]
+    if not list then list = {}; to_lists[prio] = list end
+    shape.list = list
   end
   if start_timeout > 0 then
     shape.start_by = string.format('%d', due + start_timeout)
     tail[#tail + 1] = 'start_by'; tail[#tail + 1] = shape.start_by
   end
+  if shape.ready then -- a packed record holds text, as a task hash would
+    for j = 2, #tail, 2 do
+      if type(tail[j]) == 'number' then tail[j] = string.format('%d', tail[j]) end
+    end
+  end
   return shape
 end
 
-local rows, keys = cmsgpack.unpack(tasks), {}
-for i, row in ipairs(rows) do keys[i] = task_prefix .. row[1] end
--- A new batch names no existing task: one EXISTS for all spares a lookup per task.
-local any_exist = false
+local rows, keys, ulids = cmsgpack.unpack(tasks), {}, {}
+for i, row in ipairs(rows) do keys[i] = task_prefix .. row[1]; ulids[i] = row[1] end
+-- A new batch names no existing task: one EXISTS (task hashes) and one HMGET (ready records)
+-- for all spare a lookup per task.
+local any_exist, is_ready = false, {}
 for i = 1, #keys, 4000 do
-  any_exist = any_exist or redis.call('EXISTS', unpack(keys, i, math.min(i + 3999, #keys))) > 0
+  local last = math.min(i + 3999, #keys)
+  any_exist = any_exist or redis.call('EXISTS', unpack(keys, i, last)) > 0
+  local found = redis.call('HMGET', ready, unpack(ulids, i, last))
+  for j = 1, #found do
+    if found[j] then any_exist = true; is_ready[i + j - 1] = true end
+  end
 end
 
 local shape, tail
@@ -207,13 +234,22 @@ for i, row in ipairs(rows) do
   if #row > 2 then shape = shape_of(row); tail = shape.tail; payload = row[3] end
 
   local key = keys[i]
-  local existing = any_exist and redis.call('HGET', key, 'state')
+  local existing = any_exist and ((is_ready[i] and 'queued') or redis.call('HGET', key, 'state'))
   local holder, held_state, kind
   if not existing and shape.keyed then holder, held_state, kind = taken(shape.idem, shape.idem_ttl, shape.uniq) end
   if existing then
     answers[i] = existing
   elseif holder then
     answers[i] = held_state .. ' ' .. holder .. ' ' .. kind
+  elseif shape.ready then -- ready now: due is created, so no `due` (see ready in KEYS.md)
+    local packed = {shape.name, now_text, payload}
+    for j = 1, #tail do packed[3 + j] = tail[j] end
+    to_ready[#to_ready + 1] = ulid; to_ready[#to_ready + 1] = cmsgpack.pack(packed)
+    fresh[ulid] = true
+    shape.list[#shape.list + 1] = ulid
+    if shape.start_by then to_start_by[#to_start_by + 1] = shape.start_by; to_start_by[#to_start_by + 1] = ulid end
+    if shape.keyed then claim(ulid, shape.idem, shape.idem_ttl, shape.uniq) end
+    answers[i] = shape.state
   else
     local fields = {'state', shape.state, 'name', shape.name, 'created', now_text}
     if shape.due ~= now_text then fields[#fields + 1] = 'due'; fields[#fields + 1] = shape.due end
@@ -230,9 +266,10 @@ for i, row in ipairs(rows) do
   end
 end
 
-in_chunks('ZADD', queued, to_queue)
+in_chunks('HSET', ready, to_ready)
+for prio, ulids in pairs(to_lists) do in_chunks('RPUSH', ready_lists .. prio, ulids) end
 in_chunks('ZADD', scheduled, to_schedule)
 in_chunks('ZADD', start_deadlines, to_start_by)
 in_chunks('ZADD', pending, to_pend)
-if was_empty and #to_queue > 0 and quiet ~= '1' then redis.call('PUBLISH', events, 'wake') end
+if was_empty and #to_ready > 0 and quiet ~= '1' then redis.call('PUBLISH', events, 'wake') end
 return answers

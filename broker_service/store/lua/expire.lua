@@ -2,34 +2,36 @@
 --
 -- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
--- KEYS[3] queued           ZSET     ready tasks
--- KEYS[4] scheduled        ZSET     delayed tasks
--- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
--- KEYS[6] events           channel  the queue's pub/sub channel
--- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
--- KEYS[8] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[10] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[3] ready            HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists      prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] scheduled        ZSET     delayed tasks
+-- KEYS[6] expired          ZSET     expired tasks, score record expiry ms
+-- KEYS[7] events           channel  the queue's pub/sub channel
+-- KEYS[8] held             ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[9] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[10] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[11] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit  int  most deadlines handled by this call
 --
 -- Returns: array of the ulids that ended EXPIRED (reason schedule_to_start, kept `ttl` ms).
 --   A deadline whose task already started or finished is only dropped from the index.
 -- Limits: an expired task releases its unique key; one held back by its concurrency key leaves
---   the held sets; a queued one lets the oldest held task of its key go to `queued`.
+--   the held sets; a ready one lets the oldest held task of its key become ready.
 -- Publishes: `expired <ulids>`, `queued <ulids>` (held tasks let go). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local start_deadlines = KEYS[2]
-local queued = KEYS[3]
-local scheduled = KEYS[4]
-local expired = KEYS[5]
-local events = KEYS[6]
-local held = KEYS[7]
-local held_prefix = KEYS[8]
-local uniq_prefix = KEYS[9]
-local wf_outbox = KEYS[10]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local scheduled = KEYS[5]
+local expired = KEYS[6]
+local events = KEYS[7]
+local held = KEYS[8]
+local held_prefix = KEYS[9]
+local uniq_prefix = KEYS[10]
+local wf_outbox = KEYS[11]
 local limit = tonumber(ARGV[1])
 
 -- task defaults: a task hash leaves out these fields while they hold these values ----------
@@ -45,10 +47,83 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+-- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
+-- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
+-- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
+-- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
+-- compact anyway: then one field.
+local PIECE, MAX_PIECES = 64, 32
+
+-- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
+local function put_pieces(fields, name, prefix, count_name, value)
+  if #value <= PIECE or #value > PIECE * MAX_PIECES then
+    fields[#fields + 1] = name; fields[#fields + 1] = value
+    return
+  end
+  local pieces = math.ceil(#value / PIECE)
+  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
+  for j = 2, pieces do
+    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
+  end
+  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
+end
+-- end pieces ------------------------------------------------------------------------------------
+
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+
+-- Writes the packed record of `ulid` back as its task hash (state queued) and takes it out of
+-- `ready`; its list entry stays behind, stale (lease skips it). False when `ulid` is not ready.
+local function from_ready(ulid)
+  local packed = redis.call('HGET', ready, ulid)
+  if not packed then return false end
+  local r = cmsgpack.unpack(packed)
+  local fields = {'state', 'queued', 'name', r[1], 'created', r[2]}
+  if r[3] ~= '' then put_pieces(fields, 'payload', 'p', 'pn', r[3]) end
+  for i = 4, #r do fields[#fields + 1] = r[i] end
+  redis.call('HDEL', ready, ulid)
+  redis.call('HSET', task_prefix .. ulid, unpack(fields))
+  return true
+end
+
+-- Deletes the ready lists of every priority (when `ready` is empty they hold stale entries only).
+local function drop_lists()
+  for prio = 0, 9 do redis.call('DEL', ready_lists .. prio) end
+end
+-- end ready ------------------------------------------------------------------------------------
+
 -- limits: unique keys and held tasks of waiting tasks that end ---------------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -56,7 +131,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end
@@ -79,14 +154,16 @@ end
 -- end limits ------------------------------------------------------------------------------------
 
 local due = redis.call('ZRANGEBYSCORE', start_deadlines, '-inf', now, 'LIMIT', 0, limit)
-local ids, from_queued, from_scheduled, to_expired, wf_done = {}, {}, {}, {}, {}
+local ids, from_scheduled, to_expired, wf_done = {}, {}, {}, {}
+local any_ready = false
 for _, ulid in ipairs(due) do
   local key = task_prefix .. ulid
+  local was_ready = from_ready(ulid)
+  any_ready = any_ready or was_ready
   local f = redis.call('HMGET', key, 'state', 'attempt', 'ttl', 'wf')
   local state = f[1]
   if (state == 'queued' or state == 'scheduled' or state == 'pending') and tonumber(f[2] or '0') == 0 then
     local ttl = tonumber(f[3]) or DEFAULT.ttl
-    if state == 'queued' then from_queued[#from_queued + 1] = ulid end
     if state == 'scheduled' then from_scheduled[#from_scheduled + 1] = ulid end
     limits_ended(key, ulid, state == 'queued')
     redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
@@ -94,11 +171,14 @@ for _, ulid in ipairs(due) do
     to_expired[#to_expired + 1] = now + ttl; to_expired[#to_expired + 1] = ulid
     ids[#ids + 1] = ulid
     if f[4] then wf_done[#wf_done + 1] = ulid end
+  elseif was_ready then
+    to_ready(ulid, true) -- ready again after an attempt: the deadline no longer applies
   end
 end
 
 in_chunks('ZREM', start_deadlines, due)
-in_chunks('ZREM', queued, from_queued)
+-- the list entries of ready tasks that expired stay, stale; a queue left with none ready drops its lists
+if any_ready and redis.call('HLEN', ready) == 0 then drop_lists() end
 in_chunks('ZREM', scheduled, from_scheduled)
 in_chunks('ZADD', expired, to_expired)
 if #ids > 0 then redis.call('PUBLISH', events, 'expired ' .. table.concat(ids, ' ')) end

@@ -2,16 +2,17 @@
 --
 -- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] running      ZSET     leased tasks
--- KEYS[3] queued       ZSET     ready tasks
--- KEYS[4] scheduled    ZSET     delayed tasks and retries in backoff
--- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
--- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
--- KEYS[7] events       channel  the queue's pub/sub channel
--- KEYS[8] held         ZSET     tasks held back by their concurrency key, queued score
--- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
--- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[3] ready        HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists  prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] scheduled    ZSET     delayed tasks and retries in backoff
+-- KEYS[6] failed       ZSET     the dead-letter set, score record expiry ms
+-- KEYS[7] cancelled    ZSET     cancelled tasks, score record expiry ms
+-- KEYS[8] events       channel  the queue's pub/sub channel
+-- KEYS[9] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[10] conc_prefix prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[11] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[12] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[13] wf_outbox   ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] dl_ttl  int  how long a dead-lettered record is kept, ms
 -- ARGV[2] dl_max  int  most tasks kept in the dead-letter set (the oldest are deleted)
@@ -29,24 +30,25 @@
 --   A task with a cancel request ends CANCELLED; a non-retryable error or the last attempt
 --   ends FAILED (reason non_retryable / attempts_exhausted); otherwise the retry waits
 --   min(b_max, b_init * b_mult^(attempt-1)) * (1 - b_jit * r) ms (or retry_after), a zero
---   delay going straight to `queued` (reason retry).
+--   delay going straight to the tail of its ready list (reason retry).
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
---   back to `queued`); a task that ends releases its unique key, a retried one keeps it.
+--   back to `ready`); a task that ends releases its unique key, a retried one keeps it.
 -- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local running = KEYS[2]
-local queued = KEYS[3]
-local scheduled = KEYS[4]
-local failed = KEYS[5]
-local cancelled = KEYS[6]
-local events = KEYS[7]
-local held = KEYS[8]
-local conc_prefix = KEYS[9]
-local held_prefix = KEYS[10]
-local uniq_prefix = KEYS[11]
-local wf_outbox = KEYS[12]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local scheduled = KEYS[5]
+local failed = KEYS[6]
+local cancelled = KEYS[7]
+local events = KEYS[8]
+local held = KEYS[9]
+local conc_prefix = KEYS[10]
+local held_prefix = KEYS[11]
+local uniq_prefix = KEYS[12]
+local wf_outbox = KEYS[13]
 local dl_ttl = tonumber(ARGV[1])
 local dl_max = tonumber(ARGV[2])
 
@@ -63,10 +65,42 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
+
 -- limits: unique keys and concurrency slots of tasks that leave running -------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -74,7 +108,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end
@@ -156,7 +190,6 @@ for i = 3, #ARGV, 8 do
       end
       if delay <= 0 then
         redis.call('HSET', key, 'state', 'queued', 'due', now, 'reason', 'retry', unpack(err))
-        to_queue[#to_queue + 1] = (9 - tonumber(f[9] or '0')) * 1e13 + now
         to_queue[#to_queue + 1] = ulid
         queued_ids[#queued_ids + 1] = ulid
       else
@@ -171,7 +204,7 @@ for i = 3, #ARGV, 8 do
 end
 
 in_chunks('ZREM', running, left_running)
-in_chunks('ZADD', queued, to_queue)
+for _, ulid in ipairs(to_queue) do to_ready(ulid, false) end -- at the tail: a retry waits its turn
 in_chunks('ZADD', scheduled, to_schedule)
 in_chunks('ZADD', cancelled, to_cancel)
 if #to_dead > 0 then

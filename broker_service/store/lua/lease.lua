@@ -1,20 +1,21 @@
 -- lease: pops up to `count` ready tasks by priority (FIFO within one) and leases them to a worker.
 --
 -- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
--- KEYS[2] queued           ZSET     ready tasks
--- KEYS[3] running          ZSET     leased tasks, score min(lease deadline, execution deadline)
--- KEYS[4] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
--- KEYS[5] expired          ZSET     expired tasks, score record expiry ms
--- KEYS[6] sequence         STRING   fencing token counter
--- KEYS[7] events           channel  the queue's pub/sub channel
--- KEYS[8] limits           HASH     the queue's limits: max_running, rate, burst (absent = none)
--- KEYS[9] bucket           HASH     the rate limit's token bucket: tokens, ts (microseconds)
--- KEYS[10] held            ZSET     tasks held back by their concurrency key, queued score
--- KEYS[11] conc_prefix     prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
--- KEYS[12] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[13] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[14] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
--- KEYS[15] running_events channel  the queue's channel of `running` events (read by watchers only)
+-- KEYS[2] ready            HASH     ready tasks' packed records, by ulid
+-- KEYS[3] ready_lists      prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[4] running          ZSET     leased tasks, score min(lease deadline, execution deadline)
+-- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[6] expired          ZSET     expired tasks, score record expiry ms
+-- KEYS[7] sequence         STRING   fencing token counter
+-- KEYS[8] events           channel  the queue's pub/sub channel
+-- KEYS[9] limits           HASH     the queue's limits: max_running, rate, burst (absent = none)
+-- KEYS[10] bucket          HASH     the rate limit's token bucket: tokens, ts (microseconds)
+-- KEYS[11] held            ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[12] conc_prefix     prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[13] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[14] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[15] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[16] running_events  channel  the queue's channel of `running` events (read by watchers only)
 --
 -- ARGV[1] count      int     most tasks to lease (expired ones do not count)
 -- ARGV[2] worker_id  string  the worker that receives them
@@ -22,9 +23,9 @@
 -- Limits: at most max_running - |running| tasks are leased, and no more than the whole tokens of
 --   the bucket (refilled at `rate` per second up to `burst`, Redis TIME; a missing bucket is
 --   full). A popped task whose concurrency key already has `climit` running tasks is held back:
---   moved from `queued` to `held` and its key's held set (same score, state stays queued), so it
+--   written back as its task hash (state queued) into `held` and its key's held set, so it
 --   is not popped again until a task of its key leaves (see complete.lua). An expired task
---   releases its unique key and lets one held task of its concurrency key go back to `queued`.
+--   releases its unique key and lets one held task of its concurrency key become ready.
 --
 -- Returns: {now, leased, expired, retry_ms, slots_full}: `now` the lease time (ms, = started of every leased task);
 --   `leased` flat, 13 entries per task: ulid, name, payload, ctype, headers, attempt, max,
@@ -40,20 +41,21 @@
 -- Errors: none.
 
 local task_prefix = KEYS[1]
-local queued = KEYS[2]
-local running = KEYS[3]
-local start_deadlines = KEYS[4]
-local expired = KEYS[5]
-local sequence = KEYS[6]
-local events = KEYS[7]
-local limits = KEYS[8]
-local bucket = KEYS[9]
-local held = KEYS[10]
-local conc_prefix = KEYS[11]
-local held_prefix = KEYS[12]
-local uniq_prefix = KEYS[13]
-local wf_outbox = KEYS[14]
-local running_events = KEYS[15]
+local ready = KEYS[2]
+local ready_lists = KEYS[3]
+local running = KEYS[4]
+local start_deadlines = KEYS[5]
+local expired = KEYS[6]
+local sequence = KEYS[7]
+local events = KEYS[8]
+local limits = KEYS[9]
+local bucket = KEYS[10]
+local held = KEYS[11]
+local conc_prefix = KEYS[12]
+local held_prefix = KEYS[13]
+local uniq_prefix = KEYS[14]
+local wf_outbox = KEYS[15]
+local running_events = KEYS[16]
 local count = tonumber(ARGV[1])
 local worker_id = ARGV[2]
 
@@ -62,6 +64,7 @@ local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 300
 -- end task defaults ---------------------------------------------------------------------------
 
 local MAX_EXPIRED = 1000 -- bounds one call's work when many tasks expired unseen
+local MAX_STALE = 1000 -- and when many list entries are stale
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,6 +74,60 @@ local function in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
+
+-- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
+-- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
+-- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
+-- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
+-- compact anyway: then one field.
+local PIECE, MAX_PIECES = 64, 32
+
+-- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
+local function put_pieces(fields, name, prefix, count_name, value)
+  if #value <= PIECE or #value > PIECE * MAX_PIECES then
+    fields[#fields + 1] = name; fields[#fields + 1] = value
+    return
+  end
+  local pieces = math.ceil(#value / PIECE)
+  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
+  for j = 2, pieces do
+    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
+  end
+  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
+end
+-- end pieces ------------------------------------------------------------------------------------
+
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
 
 -- limits: queue caps, concurrency keys, unique keys ------------------------------------------
 local MAX_HELD = 1000 -- bounds one call's work when many tasks of a busy key are queued
@@ -111,7 +168,7 @@ local function held_back(ulid, ckey, climit, score)
   return false
 end
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -119,7 +176,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end
@@ -131,56 +188,74 @@ local function drop_unique(ulid, uniq)
 end
 -- end limits ----------------------------------------------------------------------------------
 
+-- LMPOP's arguments but the count: the ready lists, highest priority first (it pops from the
+-- first that is not empty)
+local lmpop = {10}
+for prio = 9, 0, -1 do lmpop[#lmpop + 1] = ready_lists .. prio end
+lmpop[12], lmpop[13] = 'LEFT', 'COUNT'
+
+-- A popped task's packed record read: `rec` maps its fields to their values (the payload whole),
+-- `hash` is the HSET arguments that write it back as its task hash, but for `state`.
+local function unpacked(packed)
+  local r = cmsgpack.unpack(packed)
+  local rec, hash = {name = r[1], created = r[2], payload = r[3]}, {'name', r[1], 'created', r[2]}
+  if r[3] ~= '' then put_pieces(hash, 'payload', 'p', 'pn', r[3]) end
+  for i = 4, #r, 2 do
+    rec[r[i]] = r[i + 1]
+    hash[#hash + 1] = r[i]; hash[#hash + 1] = r[i + 1]
+  end
+  return rec, hash
+end
+
+-- `hash` with more HSET arguments appended (a later field wins over an earlier one).
+local function with(hash, ...)
+  local more = {...}
+  for i = 1, #more do hash[#hash + 1] = more[i] end
+  return hash
+end
+
 local picked, expired_ids, expired_scores, unstart = {}, {}, {}, {}
 local wf_done = {}
-while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD do
-  local popped = redis.call('ZPOPMIN', queued, count - #picked)
-  if #popped == 0 then break end
-  for j = 1, #popped, 2 do
-    local ulid = popped[j]
-    local key = task_prefix .. ulid
-    local f = redis.call('HMGET', key, 'state', 'attempt', 'start_by', 'name', 'payload', 'ctype',
-                         'headers', 'max', 'lease', 'timeout', 'due', 'ttl', 'wf', 'presults', 'rpass',
-                         'uniq', 'ckey', 'climit', 'pn', 'p2', 'p3', 'created')
-    if f[1] == 'queued' then
-      local attempt = tonumber(f[2] or '0')
-      local start_by = tonumber(f[3] or '0')
+local stale = 0
+while #picked < count and #expired_ids < MAX_EXPIRED and #held_ids < MAX_HELD and stale < MAX_STALE do
+  lmpop[14] = count - #picked
+  local popped = redis.call('LMPOP', unpack(lmpop))
+  if not popped then break end
+  local prio = tonumber(string.sub(popped[1], #ready_lists + 1))
+  local ulids = popped[2]
+  local records, taken, seen = redis.call('HMGET', ready, unpack(ulids)), {}, {}
+  for j, ulid in ipairs(ulids) do
+    if not records[j] or seen[ulid] then
+      stale = stale + 1 -- its task was cancelled, expired, or taken from an earlier entry
+    else
+      taken[#taken + 1] = ulid
+      seen[ulid] = true
+      local key = task_prefix .. ulid
+      local rec, hash = unpacked(records[j])
+      local attempt = tonumber(rec.attempt or '0')
+      local start_by = tonumber(rec.start_by or '0')
       if start_by > 0 then unstart[#unstart + 1] = ulid end
       if attempt == 0 and start_by > 0 and start_by <= now then
-        local ttl = tonumber(f[12]) or DEFAULT.ttl
-        redis.call('HSET', key, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)
+        local ttl = tonumber(rec.ttl) or DEFAULT.ttl
+        redis.call('HSET', key, unpack(with(hash, 'state', 'expired', 'reason', 'schedule_to_start', 'finished', now)))
         redis.call('PEXPIREAT', key, now + ttl)
         expired_ids[#expired_ids + 1] = ulid
-        if f[13] then wf_done[#wf_done + 1] = ulid end
+        if rec.wf then wf_done[#wf_done + 1] = ulid end
         expired_scores[#expired_scores + 1] = now + ttl
         expired_scores[#expired_scores + 1] = ulid
         -- limits: an expired task frees its unique key and lets one held task of its key go
-        drop_unique(ulid, f[16])
-        let_one_go(f[17])
-      elseif held_back(ulid, f[17], f[18], popped[j + 1]) then
-        -- limits: held back, it keeps its schedule-to-start deadline
+        drop_unique(ulid, rec.uniq)
+        let_one_go(rec.ckey)
+      elseif held_back(ulid, rec.ckey, rec.climit, (9 - prio) * 1e13 + tonumber(rec.due or rec.created)) then
+        -- limits: held back as a task hash, it keeps its schedule-to-start deadline
+        redis.call('HSET', key, unpack(with(hash, 'state', 'queued')))
         if unstart[#unstart] == ulid then unstart[#unstart] = nil end
       else
-        picked[#picked + 1] = {ulid, key, attempt + 1, f}
+        picked[#picked + 1] = {ulid, key, attempt + 1, rec, hash}
       end
     end
-    -- anything else is an index entry whose record is gone or moved on: dropped by the pop
   end
-end
-
--- A payload stored in pieces (see enqueue.lua), joined again: `f` is the task's fields as read
--- above, its second and third pieces among them (payloads up to 192 bytes need no other read).
-local function whole_payload(key, f)
-  local pieces = tonumber(f[19])
-  if not pieces then return f[5] end
-  local rest = {f[20] or '', f[21] or ''}
-  if pieces > 3 then
-    local names = {}
-    for j = 4, pieces do names[#names + 1] = 'p' .. j end
-    local more = redis.call('HMGET', key, unpack(names))
-    for j = 1, #more do rest[#rest + 1] = more[j] or '' end
-  end
-  return f[5] .. table.concat(rest, '', 1, pieces - 1)
+  if #taken > 0 then redis.call('HDEL', ready, unpack(taken)) end
 end
 
 local leased, to_run, run_ids = {}, {}, {}
@@ -188,43 +263,41 @@ if #picked > 0 then
   local last = redis.call('INCRBY', sequence, #picked)
   local first = last - #picked + 1
   for n, p in ipairs(picked) do
-    local ulid, key, attempt, f = p[1], p[2], p[3], p[4]
+    local ulid, key, attempt, rec, hash = p[1], p[2], p[3], p[4], p[5]
     local token = first + n - 1
-    local lease = tonumber(f[9]) or DEFAULT.lease
-    local timeout = tonumber(f[10] or '0')
+    local lease = tonumber(rec.lease) or DEFAULT.lease
+    local timeout = tonumber(rec.timeout or '0')
     local deadline = now + lease
+    with(hash, 'state', 'running', 'attempt', attempt, 'token', token, 'worker', worker_id, 'started', now)
     if timeout > 0 then
       local exec_dl = now + timeout
       if exec_dl < deadline then deadline = exec_dl end
-      redis.call('HSET', key, 'state', 'running', 'attempt', attempt, 'token', token,
-                 'worker', worker_id, 'started', now, 'exec_dl', exec_dl)
-    else
-      redis.call('HSET', key, 'state', 'running', 'attempt', attempt, 'token', token,
-                 'worker', worker_id, 'started', now)
+      with(hash, 'exec_dl', exec_dl)
     end
+    redis.call('HSET', key, unpack(hash))
     if attempt > 1 then redis.call('HDEL', key, 'prog', 'prog_msg') end
     to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = ulid
     run_ids[#run_ids + 1] = ulid
-    local base = #leased -- 13 entries per task
+    local base = #leased -- 13 entries per task (false where a field is absent)
     leased[base + 1] = ulid
-    leased[base + 2] = f[4]
-    leased[base + 3] = whole_payload(key, f)
-    leased[base + 4] = f[6]
-    leased[base + 5] = f[7]
+    leased[base + 2] = rec.name
+    leased[base + 3] = rec.payload
+    leased[base + 4] = rec.ctype or false
+    leased[base + 5] = rec.headers or false
     leased[base + 6] = attempt
-    leased[base + 7] = f[8] or DEFAULT.max
+    leased[base + 7] = rec.max or DEFAULT.max
     leased[base + 8] = token
     leased[base + 9] = lease
-    leased[base + 10] = f[10]
-    leased[base + 11] = f[11] or f[22]
-    leased[base + 12] = f[14]
-    leased[base + 13] = f[15]
+    leased[base + 10] = rec.timeout or false
+    leased[base + 11] = rec.due or rec.created
+    leased[base + 12] = rec.presults or false
+    leased[base + 13] = rec.rpass or false
   end
 end
 
 -- limits: take the tokens of the leased tasks; say when and why to call again
 local retry_ms = -1
-local left = redis.call('ZCARD', queued)
+local left = redis.call('HLEN', ready)
 if rate > 0 then
   tokens = tokens - #picked
   if #picked > 0 then
@@ -233,7 +306,9 @@ if rate > 0 then
   end
   if tokens < 1 and left > 0 then retry_ms = math.max(1, math.ceil((1 - tokens) * 1000 / rate)) end
 end
-if retry_ms < 0 and left > 0 and (#held_ids >= MAX_HELD or #expired_ids >= MAX_EXPIRED) then retry_ms = 0 end
+if retry_ms < 0 and left > 0 and (#held_ids >= MAX_HELD or #expired_ids >= MAX_EXPIRED or stale >= MAX_STALE) then
+  retry_ms = 0
+end
 if left == 0 then slots_full = 0 end
 -- end limits
 

@@ -1,25 +1,64 @@
--- promote: moves due tasks from `scheduled` to `queued` (delays and retry backoffs that ended).
+-- promote: moves due tasks from `scheduled` to `ready` (delays and retry backoffs that ended).
 --
 -- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] scheduled    ZSET     delayed tasks, score due ms
--- KEYS[3] queued       ZSET     ready tasks, score (9 - prio) * 1e13 + due
--- KEYS[4] events       channel  the queue's pub/sub channel
+-- KEYS[3] ready        HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists  prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] queued       ZSET     ready tasks as brokers before 0.8 kept them (each with its task hash)
+-- KEYS[6] events       channel  the queue's pub/sub channel
 --
--- ARGV[1] limit  int  most tasks moved by this call
+-- ARGV[1] limit  int  most tasks moved by this call (from each of `scheduled` and `queued`)
 --
--- Returns: how many tasks were moved. Their place in `queued` is their due time, not the
---   time of the move, so a late promotion does not cost them their turn.
+-- Due tasks go to the tail of their priority's list, in due order. Ready tasks an older broker
+-- left in `queued` move into `ready` too, to the head of their lists, newest first, so they
+-- keep their order ahead of the tasks submitted since.
+--
+-- Returns: how many tasks were moved.
 -- Publishes: `queued <ulids>`.
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local scheduled = KEYS[2]
-local queued = KEYS[3]
-local events = KEYS[4]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local queued = KEYS[5]
+local events = KEYS[6]
 local limit = tonumber(ARGV[1])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
 
 local function in_chunks(cmd, key, args)
   for i = 1, #args, 4000 do
@@ -27,22 +66,26 @@ local function in_chunks(cmd, key, args)
   end
 end
 
-local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local gone, to_queue, ids = {}, {}, {}
-for j = 1, #due, 2 do
-  local ulid = due[j]
+local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, limit)
+local ids = {}
+for _, ulid in ipairs(due) do
   local key = task_prefix .. ulid
-  gone[#gone + 1] = ulid
-  local f = redis.call('HMGET', key, 'state', 'prio')
-  if f[1] == 'scheduled' then
+  if redis.call('HGET', key, 'state') == 'scheduled' then
     redis.call('HSET', key, 'state', 'queued')
-    to_queue[#to_queue + 1] = (9 - tonumber(f[2] or '0')) * 1e13 + tonumber(due[j + 1])
-    to_queue[#to_queue + 1] = ulid
+    to_ready(ulid, false)
     ids[#ids + 1] = ulid
   end
 end
+in_chunks('ZREM', scheduled, due)
 
-in_chunks('ZREM', scheduled, gone)
-in_chunks('ZADD', queued, to_queue)
+-- ready tasks of a broker before 0.8 (only a `queued` task's hash moves: a stale entry is dropped)
+local legacy = redis.call('ZPOPMAX', queued, limit)
+for j = 1, #legacy, 2 do
+  local ulid = legacy[j]
+  if redis.call('HGET', task_prefix .. ulid, 'state') == 'queued' then
+    to_ready(ulid, true)
+    ids[#ids + 1] = ulid
+  end
+end
 if #ids > 0 then redis.call('PUBLISH', events, 'queued ' .. table.concat(ids, ' ')) end
 return #ids

@@ -2,16 +2,17 @@
 --
 -- KEYS[1] task_prefix  prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] running      ZSET     leased tasks, score min(lease deadline, execution deadline)
--- KEYS[3] queued       ZSET     ready tasks
--- KEYS[4] scheduled    ZSET     delayed tasks and retries in backoff
--- KEYS[5] failed       ZSET     the dead-letter set, score record expiry ms
--- KEYS[6] cancelled    ZSET     cancelled tasks, score record expiry ms
--- KEYS[7] events       channel  the queue's pub/sub channel
--- KEYS[8] held         ZSET     tasks held back by their concurrency key, queued score
--- KEYS[9] conc_prefix  prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
--- KEYS[10] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[11] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[12] wf_outbox    ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[3] ready        HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists  prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] scheduled    ZSET     delayed tasks and retries in backoff
+-- KEYS[6] failed       ZSET     the dead-letter set, score record expiry ms
+-- KEYS[7] cancelled    ZSET     cancelled tasks, score record expiry ms
+-- KEYS[8] events       channel  the queue's pub/sub channel
+-- KEYS[9] held         ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[10] conc_prefix prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[11] held_prefix prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[12] uniq_prefix prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[13] wf_outbox   ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] limit   int    most tasks handled by this call
 -- ARGV[2] r       float  random fraction in [0, 1); item i uses frac(r + i * 0.618...) as jitter
@@ -22,25 +23,26 @@
 --   A cancel request wins: CANCELLED. Past its execution deadline: the attempt fails with
 --   error TimeoutError (reason execution_timeout) and is retried per the backoff policy
 --   (timed_out), or dead-lettered on the last attempt (dead). Otherwise the lease expired:
---   back to `queued` in its old place (reason lease_expired; requeued), or dead-lettered with
+--   ready again at the head of its list (reason lease_expired; requeued), or dead-lettered with
 --   error LeaseExpired on the last attempt (dead).
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
---   back to `queued`); a task that ends releases its unique key, a requeued or retried one keeps it.
+--   back to `ready`); a task that ends releases its unique key, a requeued or retried one keeps it.
 -- Publishes: `queued`, `scheduled`, `failed`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local running = KEYS[2]
-local queued = KEYS[3]
-local scheduled = KEYS[4]
-local failed = KEYS[5]
-local cancelled = KEYS[6]
-local events = KEYS[7]
-local held = KEYS[8]
-local conc_prefix = KEYS[9]
-local held_prefix = KEYS[10]
-local uniq_prefix = KEYS[11]
-local wf_outbox = KEYS[12]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local scheduled = KEYS[5]
+local failed = KEYS[6]
+local cancelled = KEYS[7]
+local events = KEYS[8]
+local held = KEYS[9]
+local conc_prefix = KEYS[10]
+local held_prefix = KEYS[11]
+local uniq_prefix = KEYS[12]
+local wf_outbox = KEYS[13]
 local limit = tonumber(ARGV[1])
 local r = tonumber(ARGV[2])
 local dl_ttl = tonumber(ARGV[3])
@@ -61,10 +63,42 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
+
 -- limits: unique keys and concurrency slots of tasks that leave running -------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -72,7 +106,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end
@@ -97,7 +131,7 @@ end
 
 local due_ids = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, limit)
 local requeued, timed_out, dead, cancelled_ids = {}, {}, {}, {}
-local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
+local to_queue, to_front, to_schedule, to_dead, to_cancel = {}, {}, {}, {}, {}
 local queued_ids, scheduled_ids, wf_done = {}, {}, {}
 
 local function set_error(key, attempt, fields, e_type, e_msg)
@@ -146,7 +180,6 @@ for i, ulid in ipairs(due_ids) do
         if delay <= 0 then
           set_error(key, attempt, {'state', 'queued', 'due', now, 'reason', 'execution_timeout'},
                     'TimeoutError', msg)
-          to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + now
           to_queue[#to_queue + 1] = ulid
           queued_ids[#queued_ids + 1] = ulid
         else
@@ -169,8 +202,7 @@ for i, ulid in ipairs(due_ids) do
       if f[15] then wf_done[#wf_done + 1] = ulid end
     else
       redis.call('HSET', key, 'state', 'queued', 'reason', 'lease_expired')
-      to_queue[#to_queue + 1] = (9 - tonumber(f[8] or '0')) * 1e13 + tonumber(f[12] or f[16])
-      to_queue[#to_queue + 1] = ulid
+      to_front[#to_front + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       requeued[#requeued + 1] = ulid
       limits_left(ulid, f[17], f[18], false)
@@ -180,7 +212,8 @@ for i, ulid in ipairs(due_ids) do
 end
 
 in_chunks('ZREM', running, due_ids)
-in_chunks('ZADD', queued, to_queue)
+for _, ulid in ipairs(to_queue) do to_ready(ulid, false) end -- a retry waits its turn at the tail
+for j = #to_front, 1, -1 do to_ready(to_front[j], true) end -- a lost lease goes back to the head, in order
 in_chunks('ZADD', scheduled, to_schedule)
 in_chunks('ZADD', cancelled, to_cancel)
 if #to_dead > 0 then

@@ -1,16 +1,17 @@
--- release: hands leased tasks back to `queued` at once, in their old place (worker shutdown, nack).
+-- release: hands leased tasks back at once, ready at the head of their lists (worker shutdown, nack).
 --
 -- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] running          ZSET     leased tasks
--- KEYS[3] queued           ZSET     ready tasks
--- KEYS[4] cancelled        ZSET     cancelled tasks, score record expiry ms
--- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
--- KEYS[6] events           channel  the queue's pub/sub channel
--- KEYS[7] held             ZSET     tasks held back by their concurrency key, queued score
--- KEYS[8] conc_prefix      prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
--- KEYS[9] held_prefix      prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
--- KEYS[10] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
--- KEYS[11] wf_outbox        ZSET     workflow nodes that ended, for their workflow to advance
+-- KEYS[3] ready            HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists      prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] cancelled        ZSET     cancelled tasks, score record expiry ms
+-- KEYS[6] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[7] events           channel  the queue's pub/sub channel
+-- KEYS[8] held             ZSET     tasks held back by their concurrency key, queued score
+-- KEYS[9] conc_prefix      prefix   `{ns:q}:conc:`; a concurrency key appended names its SET of running ulids
+-- KEYS[10] held_prefix     prefix   `{ns:q}:held:`; a concurrency key appended names its ZSET of held tasks
+-- KEYS[11] uniq_prefix     prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
+-- KEYS[12] wf_outbox       ZSET     workflow nodes that ended, for their workflow to advance
 --
 -- ARGV[1] reason   string  why the tasks come back (stored as `reason`)
 -- ARGV[2] started  int     1 if the attempts started; 0 and the attempt is not counted
@@ -21,21 +22,22 @@
 -- Returns: array, one integer per lease: 1 if it was current, 0 if stale. A task with a
 --   cancel request ends CANCELLED instead. A task back at attempt 0 regains its start_by entry.
 -- Limits: every such task frees its concurrency slot (the oldest task held back by its key goes
---   back to `queued`); a cancelled one releases its unique key, a requeued one keeps it.
+--   back to `ready`); a cancelled one releases its unique key, a requeued one keeps it.
 -- Publishes: `queued`, `cancelled` with their ulids (one message per kind). `workflow <ulids>` when workflow nodes ended (added to `wf_outbox`).
 -- Errors: none.
 
 local task_prefix = KEYS[1]
 local running = KEYS[2]
-local queued = KEYS[3]
-local cancelled = KEYS[4]
-local start_deadlines = KEYS[5]
-local events = KEYS[6]
-local held = KEYS[7]
-local conc_prefix = KEYS[8]
-local held_prefix = KEYS[9]
-local uniq_prefix = KEYS[10]
-local wf_outbox = KEYS[11]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local cancelled = KEYS[5]
+local start_deadlines = KEYS[6]
+local events = KEYS[7]
+local held = KEYS[8]
+local conc_prefix = KEYS[9]
+local held_prefix = KEYS[10]
+local uniq_prefix = KEYS[11]
+local wf_outbox = KEYS[12]
 local reason = ARGV[1]
 local started = ARGV[2]
 
@@ -52,10 +54,42 @@ local function in_chunks(cmd, key, args)
   end
 end
 
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
+
 -- limits: unique keys and concurrency slots of tasks that leave running -------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `queued`, in its old place.
+-- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
 local function let_one_go(ckey)
   if not ckey then return end
   while true do
@@ -63,7 +97,7 @@ local function let_one_go(ckey)
     if #first == 0 then return end
     redis.call('ZREM', held, first[1])
     if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      redis.call('ZADD', queued, first[2], first[1])
+      to_ready(first[1], true)
       unheld[#unheld + 1] = first[1]
       return
     end
@@ -116,7 +150,6 @@ for i = 3, #ARGV, 2 do
         redis.call('HDEL', key, 'started')
         if f[8] then to_start_by[#to_start_by + 1] = f[8]; to_start_by[#to_start_by + 1] = ulid end
       end
-      to_queue[#to_queue + 1] = (9 - tonumber(f[4] or '0')) * 1e13 + tonumber(f[5] or f[10])
       to_queue[#to_queue + 1] = ulid
       queued_ids[#queued_ids + 1] = ulid
       limits_left(ulid, f[11], f[12], false)
@@ -126,7 +159,7 @@ for i = 3, #ARGV, 2 do
 end
 
 in_chunks('ZREM', running, left_running)
-in_chunks('ZADD', queued, to_queue)
+for j = #to_queue, 1, -1 do to_ready(to_queue[j], true) end -- back at the head, in order
 in_chunks('ZADD', cancelled, to_cancel)
 in_chunks('ZADD', start_deadlines, to_start_by)
 for _, u in ipairs(unheld) do queued_ids[#queued_ids + 1] = u end -- limits

@@ -1,11 +1,12 @@
--- unblock: releases pending workflow nodes whose parents succeeded, to `queued` or `scheduled`.
+-- unblock: releases pending workflow nodes whose parents succeeded, to `ready` or `scheduled`.
 --
 -- KEYS[1] task_prefix      prefix   `{ns:q}:t:`; a ulid appended names a task hash
 -- KEYS[2] pending          ZSET     workflow nodes waiting for their parents
--- KEYS[3] queued           ZSET     ready tasks, score (9 - prio) * 1e13 + ready ms
--- KEYS[4] scheduled        ZSET     delayed tasks, score due ms
--- KEYS[5] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
--- KEYS[6] events           channel  the queue's pub/sub channel
+-- KEYS[3] ready            HASH     ready tasks' packed records, by ulid
+-- KEYS[4] ready_lists      prefix   `{ns:q}:ready:`; a priority appended names its LIST of ready ulids
+-- KEYS[5] scheduled        ZSET     delayed tasks, score due ms
+-- KEYS[6] start_deadlines  ZSET     waiting tasks with a schedule-to-start deadline
+-- KEYS[7] events           channel  the queue's pub/sub channel
 --
 -- ARGV[1..] 2 per task:
 --   ulid      string  the task's ulid
@@ -13,7 +14,8 @@
 --
 -- Only a `pending` task moves, so a task is released once however often this runs. Its due
 -- time is now + its `delay` (or the `due` it was submitted with, if later); its schedule-to-
--- start timeout (`start_tmo`) starts counting from there.
+-- start timeout (`start_tmo`) starts counting from there. A task ready at once goes to the tail
+-- of its priority's list.
 --
 -- Returns: array, one state label per task: "queued" or "scheduled" when released by this call,
 --   else the task's current state ("gone" when its record does not exist).
@@ -22,13 +24,46 @@
 
 local task_prefix = KEYS[1]
 local pending = KEYS[2]
-local queued = KEYS[3]
-local scheduled = KEYS[4]
-local start_deadlines = KEYS[5]
-local events = KEYS[6]
+local ready = KEYS[3]
+local ready_lists = KEYS[4]
+local scheduled = KEYS[5]
+local start_deadlines = KEYS[6]
+local events = KEYS[7]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
+-- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
+-- (a task that waited before: let go, released, requeued), else at its tail.
+local function to_ready(ulid, front)
+  local key = task_prefix .. ulid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  local payload, pieces = f.payload or '', tonumber(f.pn)
+  if pieces then
+    local parts = {payload}
+    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
+    payload = table.concat(parts)
+  end
+  local packed = {f.name or '', f.created or '0', payload}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
+      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
+    end
+  end
+  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
+  redis.call('DEL', key)
+  local list = ready_lists .. (f.prio or '0')
+  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
+end
+-- end ready ------------------------------------------------------------------------------------
 
 local answers, released, queued_ids, scheduled_ids = {}, {}, {}, {}
 for i = 1, #ARGV, 2 do
@@ -37,7 +72,7 @@ for i = 1, #ARGV, 2 do
   local key = task_prefix .. ulid
   local f = redis.call('HMGET', key, 'state', 'prio', 'delay', 'due', 'start_tmo')
   if f[1] ~= 'pending' then
-    answers[#answers + 1] = f[1] or 'gone'
+    answers[#answers + 1] = f[1] or (redis.call('HEXISTS', ready, ulid) == 1 and 'queued') or 'gone'
   else
     local due = math.max(now + tonumber(f[3] or '0'), tonumber(f[4] or '0'))
     local state = 'queued'
@@ -51,7 +86,7 @@ for i = 1, #ARGV, 2 do
     redis.call('HSET', key, unpack(fields))
     redis.call('HDEL', key, 'delay', 'start_tmo')
     if state == 'queued' then
-      redis.call('ZADD', queued, (9 - tonumber(f[2] or '0')) * 1e13 + due, ulid)
+      to_ready(ulid, false)
       queued_ids[#queued_ids + 1] = ulid
     else
       redis.call('ZADD', scheduled, due, ulid)
