@@ -1,4 +1,5 @@
-"""Delayed and backing-off tasks whose time has come move to their queue."""
+"""Delayed and backing-off tasks whose time has come move to their queue (and ready tasks that a
+broker before 0.8 stored in its `queued` sorted set move into the packed form: promote.lua)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
+
+from broker_service.store.keys import QueueKeys
 from client_sdk import Client, TaskState
-from tests.helpers import eventually
+from tests.helpers import BrokerProcess, eventually
 from tests.integration.conftest import StartWorker
 from tests.integration.tasks import record, start_time
 from worker_sdk.examples import add
@@ -83,3 +86,28 @@ def test_a_task_with_run_at_stays_scheduled_until_that_time(
     info = handle.get()
     assert info.scheduled_at is not None
     assert abs((info.scheduled_at - run_at).total_seconds()) < 0.01
+
+
+def test_ready_tasks_stored_by_a_broker_before_0_8_run_in_their_order(
+    fast_client: Client, fast_broker: BrokerProcess, redis_client: redis.Redis, start_worker: StartWorker,
+    queue_name: str, trace_file: Path
+) -> None:
+    """An older broker kept a ready task as its own hash in state `queued` plus an entry in the
+    queue's `queued` sorted set; this one's promote pass moves them into its form, ahead of
+    the tasks submitted since, and a worker runs them in their old order."""
+    old = [fast_client.enqueue(record.with_options(queue=queue_name, delay=3600), str(trace_file), f"old-{i}")
+           for i in range(3)]
+    keys = QueueKeys(fast_broker.namespace, queue_name)
+    for i, handle in enumerate(old):
+        ulid = handle.id.split("@")[0]
+        redis_client.zrem(keys.scheduled, ulid)
+        redis_client.hset(keys.task(ulid), "state", "queued")
+        redis_client.zadd(keys.queued, {ulid: 9 * 10**13 + 1_000 + i})
+    new = fast_client.enqueue(record.with_options(queue=queue_name), str(trace_file), "new")
+
+    eventually(lambda: not redis_client.exists(keys.queued), timeout=10, interval=0.05)
+    start_worker(queue_name, concurrency=1)
+    for handle in [*old, new]:
+        handle.result(timeout=20)
+
+    assert trace_file.read_text().splitlines() == ["old-0", "old-1", "old-2", "new"]
