@@ -66,6 +66,8 @@ _CURSOR_VERSION = "1"
 # Listing QUEUED goes on, after the `queued` index, into the tasks held back by their concurrency
 # key: a cursor in that second part carries this prefix (base64 never holds a dot).
 _HELD_CURSOR = "h."
+# A cursor among the ready tasks names a priority: one of these.
+_PRIORITIES = frozenset(str(p) for p in range(10))
 
 
 @dataclass(slots=True)  # not frozen: one is made per task of a batch (see NewTask)
@@ -366,16 +368,16 @@ class Store:
         its list when it has left (the lists lose entries only at the head, so every entry that
         stood before it has left too)."""
         keys = self.queue_keys(queue)
-        first, last_seen = (int(after[0]), after[1]) if after else (9, "")
-        if not 0 <= first <= 9:
+        first, last_seen = (after[0], after[1]) if after else ("9", "")
+        if first not in _PRIORITIES:
             raise ValueError("malformed cursor")
         tasks: list[TaskRecord] = []
         last: tuple[str, str] | None = None
         with redis_errors():
-            for priority in range(first, -1, -1):
+            for priority in range(int(first), -1, -1):
                 key = keys.ready_list(priority)
                 start = 0
-                if priority == first and last_seen:
+                if priority == int(first) and last_seen:
                     position: Any = await self.redis.lpos(key, last_seen)
                     start = 0 if position is None else int(position) + 1
                 while ulids := await self.redis.lrange(key, start, start + page_size):

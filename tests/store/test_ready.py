@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
+
 from broker_service.domain import Lease, RetryPolicy, TaskState
+from broker_service.store.store import _encode_cursor
 from tests.store.conftest import StoreHarness
 from tests.store.helpers import queued_score
 
@@ -164,3 +167,12 @@ def test_twin_entries_popped_in_one_call_lease_their_task_once(harness: StoreHar
 
     assert [t.ulid for t in leased] == [ulid]
     assert harness.dump()["ready"][0] == []
+
+
+@pytest.mark.parametrize("priority", ["10", "-1", "8.5", "90000000000000"])
+def test_a_ready_cursor_naming_no_priority_is_malformed(harness: StoreHarness, priority: str) -> None:
+    [ulid] = harness.submit(1)
+    cursor = _encode_cursor(harness.queue, TaskState.QUEUED, (priority, ulid))
+
+    with pytest.raises(ValueError, match="malformed cursor"):
+        harness.run(harness.store.list_tasks(harness.queue, TaskState.QUEUED, 2, cursor))
