@@ -105,7 +105,7 @@ class WorkerSession:
         self._acks_timer: asyncio.TimerHandle | None = None
         self._slot_waits: set[str] = set()  # queues at their max_running with tasks left
         # Queues whose last lease found nothing left: a credit alone does not lease them again,
-        # a wake-up for the queue does (every script that fills `queued` publishes one).
+        # a wake-up for the queue does (every script that makes tasks ready publishes one).
         self._empty: dict[str, float] = {}  # queue -> when its lease came back short (loop time)
         self._wakes: dict[str, int] = defaultdict(int)  # wake-ups per queue, to spot one during a lease
 

@@ -63,7 +63,7 @@ from broker_service.store.schedules import schedule_from_hash, schedule_from_rep
 from broker_service.store.scripts import Scripts
 
 _CURSOR_VERSION = "1"
-# Listing QUEUED goes on, after the `queued` index, into the tasks held back by their concurrency
+# Listing QUEUED goes on, after the ready tasks, into the tasks held back by their concurrency
 # key: a cursor in that second part carries this prefix (base64 never holds a dot).
 _HELD_CURSOR = "h."
 # A cursor among the ready tasks names a priority: one of these.
@@ -165,9 +165,10 @@ class Store:
         """Writes tasks of one queue atomically (script enqueue.lua), in order.
 
         A task with run_at_ms or delay_ms in the future (Redis clock) goes to `scheduled`,
-        else to `queued`. Sets start_by when start_timeout_ms > 0 (due + timeout). Publishes
-        `wake` when `queued` was empty before and now is not. A ulid that already exists is
-        left as it is and answers its current state, so retrying an enqueue is harmless.
+        else to `ready` (packed, at the tail of its priority's list). Sets start_by when
+        start_timeout_ms > 0 (due + timeout). Publishes `wake` when `ready` was empty before and
+        now is not. A ulid that already exists is left as it is and answers its current state,
+        so retrying an enqueue is harmless.
 
         Idempotency and unique keys: a task whose key names an existing task (see enqueue.lua)
         stores nothing; its result carries that task's ulid and state, `duplicate` set.
@@ -268,7 +269,7 @@ class Store:
         return [a == 1 for a in await self.scripts.cancel_running(self.queue_keys(queue), leases)]
 
     async def release(self, queue: str, leases: list[Lease], reason: str, started: bool) -> list[bool]:
-        """Hands leased tasks back to `queued` at once (release.lua), keeping their place.
+        """Hands leased tasks back at once (release.lua), ready at the head of their lists.
 
         Per lease: True if current. When `started` is False the attempt is not counted
         (attempt -= 1). A task with a cancel request goes to cancelled instead. Sets `reason`.
@@ -300,7 +301,7 @@ class Store:
         """Handles running tasks whose score is past (reap.lua), at most `limit`.
 
         Past exec_dl: the attempt fails with error type TimeoutError (retried per policy, or
-        dead). Otherwise the lease expired: back to `queued` (reason lease_expired), or dead
+        dead). Otherwise the lease expired: ready again at the head (reason lease_expired), or dead
         when attempts are exhausted (error type LeaseExpired). A cancel request wins: cancelled.
         Each ulid lands in one list: `requeued` (lease expired, back in queued), `timed_out`
         (timed out and retrying), `dead` (dead-lettered, for either cause), `cancelled`.
@@ -313,7 +314,8 @@ class Store:
                           dead=[text(u) for u in dead], cancelled=[text(u) for u in cancelled])
 
     async def promote(self, queue: str, limit: int) -> int:
-        """Moves due tasks from `scheduled` to `queued` (promote.lua); returns how many."""
+        """Makes due tasks of `scheduled` ready (promote.lua), and moves an older broker's `queued`
+        sorted set into `ready`; returns how many tasks moved."""
         if limit <= 0:
             return 0
         return await self.scripts.promote(self.queue_keys(queue), limit)
