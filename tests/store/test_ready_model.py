@@ -30,69 +30,97 @@ def _check_forms(harness: StoreHarness, model: dict[int, list[str]]) -> None:
     assert info.counts[TaskState.QUEUED] == len(live)
 
 
+class Walk:
+    """The queue and a model of its ready lists, moved by one random step at a time."""
+
+    def __init__(self, harness: StoreHarness, seed: int) -> None:
+        self.harness = harness
+        self.rng = random.Random(seed)
+        self.model: dict[int, list[str]] = {p: [] for p in range(10)}  # ready ulids per priority, head first
+        self.priority: dict[str, int] = {}
+        self.running: dict[str, Lease] = {}
+        self.delayed: list[str] = []
+
+    def lease_order(self) -> list[str]:
+        return [u for p in range(9, -1, -1) for u in self.model[p]]
+
+    def step(self) -> None:
+        choice = self.rng.choice(["submit", "submit", "delay", "lease", "complete", "fail", "release", "reap",
+                                  "cancel", "promote"])
+        if choice in ("submit", "delay"):
+            self.submit(delayed=choice == "delay")
+        elif choice == "lease":
+            self.lease()
+        elif choice in ("cancel", "promote"):
+            getattr(self, choice)()
+        elif self.running:
+            self.end_runs(choice)
+
+    def submit(self, delayed: bool) -> None:
+        prio = self.rng.choice([0, 0, 0, 9])
+        task = self.harness.task(priority=prio, retry=RetryPolicy(max_attempts=10, initial_backoff_ms=0,
+                                                                  max_backoff_ms=0),
+                                 payload=self.rng.randbytes(self.rng.choice([0, 10, 150])),
+                                 delay_ms=60_000 if delayed else 0)
+        self.harness.enqueue(task)
+        self.priority[task.ulid] = prio
+        (self.delayed if delayed else self.model[prio]).append(task.ulid)
+
+    def lease(self) -> None:
+        count = self.rng.randint(1, 3)
+        expected = self.lease_order()[:count]
+        leased = self.harness.lease(count)
+        assert [t.ulid for t in leased] == expected
+        for t in leased:
+            self.model[self.priority[t.ulid]].remove(t.ulid)
+            self.running[t.ulid] = Lease(t.ulid, t.lease_token)
+
+    def end_runs(self, how: str) -> None:
+        h, store, queue = self.harness, self.harness.store, self.harness.queue
+        ulids = self.rng.sample(sorted(self.running), min(len(self.running), self.rng.choice([1, 2, 2, 3])))
+        leases = [self.running.pop(u) for u in ulids]
+        if how == "complete":
+            h.run(store.complete(queue, [Completion(x.ulid, x.token, b"r", "") for x in leases]))
+        elif how == "fail":  # no backoff: straight back, at the tail
+            h.run(store.fail(queue, [Failure(x.ulid, x.token, TaskError("E", "m")) for x in leases],
+                             [0.5] * len(leases)))
+            for ulid in ulids:
+                self.model[self.priority[ulid]].append(ulid)
+        else:  # released or lease expired: back at the head, in their order
+            if how == "release":
+                h.run(store.release(queue, leases, "nack", True))
+            else:  # reap meets them in `running` order: by deadline, then by ulid
+                h.redis.zadd(store.queue_keys(queue).running, {u: 1 for u in ulids})
+                h.run(store.reap(queue, 10, 0.5))
+                ulids.sort()
+            for ulid in reversed(ulids):
+                self.model[self.priority[ulid]].insert(0, ulid)
+
+    def cancel(self) -> None:
+        waiting = self.lease_order()
+        if waiting:
+            ulid = self.rng.choice(waiting)
+            assert self.harness.run(self.harness.store.cancel(self.harness.queue, ulid, "")) is TaskState.CANCELLED
+            self.model[self.priority[ulid]].remove(ulid)
+
+    def promote(self) -> None:
+        if self.delayed:
+            ulid = self.delayed.pop(0)
+            self.harness.redis.zadd(self.harness.store.queue_keys(self.harness.queue).scheduled, {ulid: 1_000})
+            assert self.harness.run(self.harness.store.promote(self.harness.queue, 10)) == 1
+            self.model[self.priority[ulid]].append(ulid)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_walks_keep_one_form_per_task_and_the_lists_in_order(harness: StoreHarness, seed: int) -> None:
-    rng = random.Random(seed)
-    model: dict[int, list[str]] = {p: [] for p in range(10)}  # ready ulids per priority, head first
-    priority: dict[str, int] = {}
-    running: dict[str, Lease] = {}
-    delayed: list[str] = []
-    retry = RetryPolicy(max_attempts=10, initial_backoff_ms=0, max_backoff_ms=0)
-
+    walk = Walk(harness, seed)
     for _ in range(STEPS):
-        step = rng.choice(["submit", "submit", "delay", "lease", "complete", "fail", "release", "reap",
-                           "cancel", "promote"])
-        if step in ("submit", "delay"):
-            prio = rng.choice([0, 0, 0, 9])
-            task = harness.task(priority=prio, retry=retry, payload=rng.randbytes(rng.choice([0, 10, 150])),
-                                delay_ms=60_000 if step == "delay" else 0)
-            harness.enqueue(task)
-            priority[task.ulid] = prio
-            (delayed if step == "delay" else model[prio]).append(task.ulid)
-        elif step == "lease":
-            count = rng.randint(1, 3)
-            expected = [u for p in range(9, -1, -1) for u in model[p]][:count]
-            leased = harness.lease(count)
-            assert [t.ulid for t in leased] == expected
-            for t in leased:
-                model[priority[t.ulid]].remove(t.ulid)
-                running[t.ulid] = Lease(t.ulid, t.lease_token)
-        elif step in ("complete", "fail", "release", "reap") and running:
-            ulids = rng.sample(sorted(running), min(len(running), rng.choice([1, 2, 2, 3])))
-            leases = [running.pop(u) for u in ulids]
-            if step == "complete":
-                harness.run(harness.store.complete(harness.queue, [Completion(x.ulid, x.token, b"r", "")
-                                                                    for x in leases]))
-            elif step == "fail":  # no backoff: straight back, at the tail
-                harness.run(harness.store.fail(harness.queue, [Failure(x.ulid, x.token, TaskError("E", "m"))
-                                                               for x in leases], [0.5] * len(leases)))
-                for ulid in ulids:
-                    model[priority[ulid]].append(ulid)
-            else:  # released or lease expired: back at the head, in their order
-                if step == "release":
-                    harness.run(harness.store.release(harness.queue, leases, "nack", True))
-                else:  # reap meets them in `running` order: by deadline, then by ulid
-                    harness.redis.zadd(harness.store.queue_keys(harness.queue).running, {u: 1 for u in ulids})
-                    harness.run(harness.store.reap(harness.queue, 10, 0.5))
-                    ulids.sort()
-                for ulid in reversed(ulids):
-                    model[priority[ulid]].insert(0, ulid)
-        elif step == "cancel":
-            waiting = [u for p in model for u in model[p]]
-            if waiting:
-                ulid = rng.choice(waiting)
-                assert harness.run(harness.store.cancel(harness.queue, ulid, "")) is TaskState.CANCELLED
-                model[priority[ulid]].remove(ulid)
-        elif step == "promote" and delayed:
-            ulid = delayed.pop(0)
-            harness.redis.zadd(harness.store.queue_keys(harness.queue).scheduled, {ulid: 1_000})
-            assert harness.run(harness.store.promote(harness.queue, 10)) == 1
-            model[priority[ulid]].append(ulid)
-        _check_forms(harness, model)
+        walk.step()
+        _check_forms(harness, walk.model)
 
     # every task still waiting is leased once, in the model's order
-    expected = [u for p in range(9, -1, -1) for u in model[p]]
-    leased = []
+    expected = walk.lease_order()
+    leased: list[str] = []
     deadline = time.monotonic() + 10
     while len(leased) < len(expected) and time.monotonic() < deadline:
         leased += [t.ulid for t in harness.lease(50)]
