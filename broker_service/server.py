@@ -57,6 +57,10 @@ SERVICE_NAMES = (
 )
 
 
+# The oldest Redis the store's scripts run on (LMPOP is 7.0's).
+MIN_REDIS = (7, 0)
+
+
 class BrokerStartError(RuntimeError):
     """The broker could not start (port taken, store unreachable...)."""
 
@@ -104,6 +108,7 @@ class Broker:
         except Exception as exc:
             await self._close_store()
             raise BrokerStartError(f"cannot reach the store at {_redact(url)}: {exc}") from exc
+        await self._check_server_version(store)
         await self._check_eviction_policy(store)
 
         self._hub = EventHub(self._redis, store.keys)
@@ -223,6 +228,13 @@ class Broker:
             await self._embedded.stop()
             self._embedded = None
 
+    async def _check_server_version(self, store: Store) -> None:
+        try:
+            require_redis(await store.server_version())
+        except BrokerStartError:
+            await self._close_store()
+            raise
+
     async def _check_eviction_policy(self, store: Store) -> None:
         if self._embedded is not None:
             return
@@ -230,6 +242,14 @@ class Broker:
         if policy is not None and policy != "noeviction":
             log.warning("Redis maxmemory-policy is %r: under memory pressure it may evict queued tasks. "
                         "Set maxmemory-policy noeviction.", policy)
+
+
+def require_redis(version: tuple[int, ...] | None) -> None:
+    """Raises BrokerStartError for a server older than MIN_REDIS (the lease script pops with
+    LMPOP); an unknown version (INFO not allowed) is let through."""
+    if version is not None and version < MIN_REDIS:
+        raise BrokerStartError(f"Redis {'.'.join(map(str, version))} is too old: Conveyor needs Redis "
+                               f"{'.'.join(map(str, MIN_REDIS))} or newer, or Valkey")
 
 
 def _redact(url: str) -> str:

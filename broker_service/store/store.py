@@ -148,6 +148,20 @@ class Store:
                 return text(value)
         return None
 
+    async def server_version(self) -> tuple[int, ...] | None:
+        """The Redis version the server speaks for (Valkey answers the Redis version it is
+        compatible with), or None when INFO is not allowed or says nothing of it."""
+        with redis_errors():
+            try:
+                info = await self.redis.info("server")
+            except ResponseError:
+                return None
+        version = text(info.get("redis_version"))
+        try:
+            return tuple(int(part) for part in version.split("."))
+        except ValueError:
+            return None
+
     async def register_queues(self, queues: list[str]) -> None:
         """Adds queue names to the global queue set (idempotent)."""
         if not queues:

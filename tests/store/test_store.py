@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -20,6 +21,7 @@ from broker_service.domain import (
     TaskState,
     TaskTerminalError,
 )
+from broker_service.server import MIN_REDIS
 from broker_service.store.errors import translate
 from broker_service.store.store import Store
 from tests.redis_process import RedisProcess, free_port
@@ -73,6 +75,14 @@ def test_ping_and_eviction_policy(harness: StoreHarness) -> None:
     harness.run(harness.store.ping())
 
     assert harness.run(harness.store.eviction_policy()) == "noeviction"
+
+
+def test_the_server_speaks_redis_7_or_newer_as_the_broker_needs(harness: StoreHarness) -> None:
+    version = harness.run(harness.store.server_version())
+
+    assert version is not None and version >= MIN_REDIS
+    info: Any = harness.redis.info("server")
+    assert ".".join(map(str, version)) == info["redis_version"]
 
 
 def test_scripts_are_reloaded_when_the_server_forgot_them(harness: StoreHarness) -> None:
