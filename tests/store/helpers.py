@@ -45,9 +45,9 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
      "ready": {priority: [ulid, ...] (every list entry, stale ones too)},
      "seq": int or None, "other": [names of keys no schema entry explains]}
 
-    The ready tasks stand as the `queued` index, in lease order (stale entries left out), each
-    scored as brokers before 0.8 scored it ((9 - prio) * 1e13 + due), and each record as the
-    task hash it becomes when it leaves `ready` (state queued, a long payload in pieces).
+    The ready tasks stand as the `queued` index, in lease order (stale entries left out; no
+    scores: lists have none), each record as the task hash it becomes when it leaves `ready`
+    (state queued, a long payload in pieces).
     """
     keys = QueueKeys(namespace, queue)
     out: dict[str, Any] = {"indexes": {}, "scores": {}, "tasks": {}, "expires": {}, "ready": {}, "seq": None,
@@ -58,13 +58,13 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
         out["indexes"][name] = [m.decode() for m, _ in entries]
         out["scores"][name] = {m.decode(): int(s) for m, s in entries}
     packed: Any = client.hgetall(keys.ready)
-    out["indexes"]["queued"], out["scores"]["queued"] = [], {}
+    out["indexes"]["queued"] = []
     for priority in range(9, -1, -1):
         listed: Any = client.lrange(keys.ready_list(priority), 0, -1)
         out["ready"][priority] = [u.decode() for u in listed]
         for raw_ulid in listed:
             ulid = raw_ulid.decode()
-            if raw_ulid not in packed or ulid in out["scores"]["queued"]:
+            if raw_ulid not in packed or ulid in out["tasks"]:
                 continue
             fields = fields_from_packed(packed[raw_ulid])
             task: dict[str, Any] = {k: (v if _binary(k) else v.decode()) for k, v in fields.items() if k != "payload"}
@@ -72,9 +72,7 @@ def dump_queue(client: redis.Redis, queue: str, namespace: str = NAMESPACE) -> d
             out["tasks"][ulid] = task
             out["expires"][ulid] = -1
             out["indexes"]["queued"].append(ulid)
-            due = int(task.get("due") or task["created"])
-            out["scores"]["queued"][ulid] = (9 - int(task.get("prio", 0))) * 10**13 + due
-    unlisted = {u.decode() for u in packed} - set(out["scores"]["queued"])
+    unlisted = {u.decode() for u in packed} - set(out["indexes"]["queued"])
     assert not unlisted, f"ready tasks in no list: {sorted(unlisted)}"
     seq: Any = client.get(keys.sequence)
     out["seq"] = int(seq) if seq is not None else None

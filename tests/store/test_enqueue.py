@@ -10,7 +10,7 @@ import msgpack
 from broker_service.domain import QueueLimits, RetryPolicy, TaskState
 from broker_service.store.scripts import enqueue_call
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import queued_score, redis_now_ms, without
+from tests.store.helpers import redis_now_ms, without
 
 
 def test_enqueue_writes_a_lean_record_and_queues_it(harness: StoreHarness) -> None:
@@ -30,7 +30,7 @@ def test_enqueue_writes_a_lean_record_and_queues_it(harness: StoreHarness) -> No
     assert without(record) == {"state": "queued", "name": "tests.work"}
     assert "due" not in record  # ready at once: due when created, so not stored twice
     assert int(record["created"]) >= before
-    assert dump["scores"]["queued"][task.ulid] == queued_score(0, int(record["created"]))
+    assert dump["ready"][0] == [task.ulid]
     assert dump["expires"][task.ulid] == -1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker_service.domain import FailOutcome, Failure, Lease, RetryPolicy, TaskError
 from broker_service.store.store import Store
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import event, queued_score, redis_now_ms, without
+from tests.store.helpers import event, redis_now_ms, without
 
 
 def _failure(lease: Lease, *, retryable: bool = True, after: int = -1, tb: str = "Traceback...") -> Failure:
@@ -71,7 +71,7 @@ def test_fail_with_zero_delay_goes_straight_to_queued(harness: StoreHarness) -> 
     record = dump["tasks"][lease.ulid]
     assert dump["indexes"]["scheduled"] == []
     assert record["state"] == "queued"
-    assert dump["scores"]["queued"][lease.ulid] == queued_score(4, int(record["due"]))
+    assert dump["ready"][4] == [lease.ulid]
     assert events.take(1) == [event("queued", [lease.ulid])]
 
 

@@ -25,7 +25,8 @@ def test_promote_moves_due_tasks_to_queued(harness: StoreHarness) -> None:
     assert dump["indexes"]["scheduled"] == [later]
     assert dump["indexes"]["queued"] == [due_task]
     assert dump["tasks"][due_task]["state"] == "queued"
-    assert dump["scores"]["queued"][due_task] == queued_score(6, 1_000)
+    assert dump["ready"][6] == [due_task]
+    assert int(dump["tasks"][due_task]["due"]) == 1_000
     assert events.take(1) == [event("queued", [due_task])]
 
 

@@ -15,7 +15,6 @@ import pytest
 from broker_service.domain import Lease, RetryPolicy, TaskState
 from broker_service.store.store import _encode_cursor
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import queued_score
 
 
 def _keys(harness: StoreHarness):  # type: ignore[no-untyped-def]
@@ -149,14 +148,6 @@ def test_listing_ready_tasks_pages_in_lease_order_while_the_queue_moves(harness:
     assert [t.ulid for t in rest.tasks] == low[1:]
     assert rest.next_cursor == ""
     assert all(t.state is TaskState.QUEUED and t.payload == b"" for t in rest.tasks)
-
-
-def test_dump_scores_ready_tasks_as_before(harness: StoreHarness) -> None:
-    [ulid] = harness.submit(1, priority=4)
-
-    dump = harness.dump()
-
-    assert dump["scores"]["queued"][ulid] == queued_score(4, int(dump["tasks"][ulid]["created"]))
 
 
 def test_twin_entries_popped_in_one_call_lease_their_task_once(harness: StoreHarness) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker_service.domain import Lease, RetryPolicy, TaskState
 from broker_service.store.store import Store
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import event, queued_score, redis_now_ms
+from tests.store.helpers import event, redis_now_ms
 
 
 def _expire_lease(harness: StoreHarness, lease: Lease) -> None:
@@ -27,7 +27,7 @@ def test_reap_requeues_a_delayed_task_at_its_due_time_not_its_creation(harness: 
 
     record = harness.dump()["tasks"][leased.ulid]
     assert int(record["due"]) == int(record["created"]) + 30
-    assert harness.dump()["scores"]["queued"][leased.ulid] == queued_score(0, int(record["due"]))
+    assert harness.dump()["indexes"]["queued"] == [leased.ulid]
 
 
 def test_reap_requeues_a_task_whose_lease_expired_in_its_old_place(harness: StoreHarness) -> None:
@@ -44,7 +44,7 @@ def test_reap_requeues_a_task_whose_lease_expired_in_its_old_place(harness: Stor
     assert (record["state"], record["reason"], record["attempt"]) == ("queued", "lease_expired", "1")
     assert dump["indexes"]["running"] == []
     assert dump["indexes"]["queued"] == [lease.ulid, waiting]
-    assert dump["scores"]["queued"][lease.ulid] == queued_score(2, int(record["created"]))
+    assert dump["ready"][2] == [lease.ulid, waiting]  # at the head of its priority's list
     assert events.take(1) == [event("queued", [lease.ulid])]
 
 

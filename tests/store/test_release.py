@@ -6,7 +6,7 @@ import time
 
 from broker_service.domain import Lease
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import event, queued_score
+from tests.store.helpers import event
 
 
 def test_release_puts_a_started_task_back_in_its_place(harness: StoreHarness) -> None:
@@ -24,7 +24,7 @@ def test_release_puts_a_started_task_back_in_its_place(harness: StoreHarness) ->
     assert (record["state"], record["reason"], record["attempt"]) == ("queued", "worker_shutdown", "1")
     assert dump["indexes"]["running"] == []
     assert dump["indexes"]["queued"] == [first, second]
-    assert dump["scores"]["queued"][first] == queued_score(3, int(record["created"]))  # due when created
+    assert dump["ready"][3] == [first, second]  # back at the head of its priority's list
     assert events.take(1) == [event("queued", [first])]
 
 
@@ -38,7 +38,7 @@ def test_release_puts_a_delayed_task_back_at_its_due_time_not_its_creation(harne
     record = dump["tasks"][leased.ulid]
     assert int(record["due"]) == int(record["created"]) + 30
     assert leased.queued_at_ms == int(record["due"])
-    assert dump["scores"]["queued"][leased.ulid] == queued_score(0, int(record["due"]))
+    assert dump["indexes"]["queued"] == [leased.ulid]
 
 
 def test_release_of_an_unstarted_task_does_not_count_the_attempt(harness: StoreHarness) -> None:
