@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import math
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -577,25 +578,33 @@ class Store:
                     replies = await pipe.execute()
         records: list[TaskRecord | None] = [record_from_hash(ulid, queue, raw) if raw else None
                                             for (queue, ulid), raw in zip(tasks, replies, strict=True)]
+        missing: dict[str, list[int]] = defaultdict(list)  # queue -> indexes of its tasks not found
         for i, record in enumerate(records):
             if record is None:
-                queue, ulid = tasks[i]
-                fields = await self._fields_anywhere(queue, ulid)
+                missing[tasks[i][0]].append(i)
+        for queue, indexes in missing.items():
+            ulids = [tasks[i][1] for i in indexes]
+            for i, ulid, fields in zip(indexes, ulids, await self._fields_anywhere(queue, ulids), strict=True):
                 records[i] = record_from_fields(ulid, queue, fields) if fields else None
         return records
 
-    async def _fields_anywhere(self, queue: str, ulid: str) -> dict[str, bytes] | None:
-        """One task's fields from its hash or, when it is ready, from its packed record, both
-        read in one MULTI; None when it has neither."""
+    async def _fields_anywhere(self, queue: str, ulids: list[str]) -> list[dict[str, bytes] | None]:
+        """Tasks' fields from their hashes or, for ready ones, from their packed records, all read
+        in one MULTI (one queue: one slot); None for a task that has neither."""
         keys = self.queue_keys(queue)
         with redis_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(keys.task(ulid))
-                pipe.hget(keys.ready, ulid)
-                raw, packed = await pipe.execute()
-        if raw:
-            return {text(k): v for k, v in raw.items()}
-        return fields_from_packed(packed) if packed else None
+                for ulid in ulids:
+                    pipe.hgetall(keys.task(ulid))
+                    pipe.hget(keys.ready, ulid)
+                replies = await pipe.execute()
+        out: list[dict[str, bytes] | None] = []
+        for raw, packed in zip(replies[::2], replies[1::2], strict=True):
+            if raw:
+                out.append({text(k): v for k, v in raw.items()})
+            else:
+                out.append(fields_from_packed(packed) if packed else None)
+        return out
 
     async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
         """Records a node's final state and answers what follows (settle_node.lua); idempotent."""
@@ -639,7 +648,7 @@ class Store:
             state, wf, node, parents, rpass = await self.redis.hmget(
                 self.queue_keys(queue).task(ulid), ["state", "wf", "node", "parents", "rpass"])
         if state is None:  # ready, or gone
-            fields = await self._fields_anywhere(queue, ulid)
+            [fields] = await self._fields_anywhere(queue, [ulid])
             if fields is None:
                 return None
             state, wf, node, parents, rpass = (fields.get(k) for k in ("state", "wf", "node", "parents", "rpass"))
