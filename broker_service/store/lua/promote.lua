@@ -71,7 +71,6 @@ local ids = {}
 for _, ulid in ipairs(due) do
   local key = task_prefix .. ulid
   if redis.call('HGET', key, 'state') == 'scheduled' then
-    redis.call('HSET', key, 'state', 'queued')
     to_ready(ulid, false)
     ids[#ids + 1] = ulid
   end
