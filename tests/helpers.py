@@ -402,7 +402,7 @@ class WorkerExitedError(RuntimeError):
 
 
 class WorkerProcess:
-    """One `python -m worker_sdk.cli module:attr --broker ADDR ...` subprocess."""
+    """One `conveyor worker module:attr --broker ADDR ...` subprocess (as `python -m broker_service.cli`)."""
 
     def __init__(
         self,
@@ -423,7 +423,7 @@ class WorkerProcess:
         return f"<WorkerProcess {self.target} pid={self.pid}>"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "worker_sdk.cli", self.target, "--broker", self.broker, *self.args]
+        return [sys.executable, "-m", "broker_service.cli", "worker", self.target, "--broker", self.broker, *self.args]
 
     def start(self) -> WorkerProcess:
         with open(self.log_path, "ab") as log:

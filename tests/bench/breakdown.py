@@ -3,7 +3,7 @@
 Needs a broker and a worker running the benchmark's tasks, for example::
 
     conveyor serve --listen 127.0.0.1:50051 &
-    python -m worker_sdk.cli tests.bench.conveyor_tasks:worker --broker 127.0.0.1:50051 --concurrency 8 &
+    conveyor worker tests.bench.conveyor_tasks:worker --broker 127.0.0.1:50051 --concurrency 8 &
 
 Submits `add` and waits for its result, back to back, then reads every tenth task's timestamps
 (Redis clock, whole milliseconds, the same machine's clock as this process) and prints the mean

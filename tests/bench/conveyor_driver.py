@@ -165,7 +165,7 @@ def _read_outcomes(url: str, ids: list[str], timeout: float) -> tuple[dict[str, 
 def versions() -> dict[str, Any]:
     return {"conveyor": metadata.version("conveyor"), "grpcio": metadata.version("grpcio"),
             "protobuf": metadata.version("protobuf"), "python": sys.version.split()[0],
-            "broker GRPC_EXPERIMENTS": cli.broker_grpc_experiments() or "(grpc's defaults)"}
+            "broker and worker GRPC_EXPERIMENTS": cli.grpc_experiments() or "(grpc's defaults)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,7 +84,7 @@ def main() -> None:
     # The echo server runs on the broker's gRPC settings (see broker_service.cli.prefer_poller_io);
     # the client on grpc's defaults, as the SDKs leave them. GRPC_EXPERIMENTS set here wins for both.
     env = dict(os.environ)
-    if (setting := cli.broker_grpc_experiments()) is not None:
+    if (setting := cli.grpc_experiments()) is not None:
         env["GRPC_EXPERIMENTS"] = setting
     print(f"echo server: GRPC_EXPERIMENTS={env.get('GRPC_EXPERIMENTS', '')!r}; client: "
           f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")

@@ -141,8 +141,9 @@ class Session:
 
 
 def _conveyor_worker(processes: int, concurrency: int) -> WorkerConfig:
-    argv = (sys.executable, "-m", "worker_sdk.cli", "tests.bench.conveyor_tasks:worker", "--broker", "{broker}",
-            "--concurrency", str(concurrency), "--log-level", "WARNING")
+    # `conveyor worker`, as operators run it (it sets the worker's gRPC I/O before grpc loads).
+    argv = (sys.executable, "-m", "broker_service.cli", "worker", "tests.bench.conveyor_tasks:worker",
+            "--broker", "{broker}", "--concurrency", str(concurrency), "--log-level", "WARNING")
     return WorkerConfig(f"{processes}×{concurrency}" if processes > 1 else f"c={concurrency}",
                         processes, concurrency, tuple(argv for _ in range(processes)))
 

@@ -1,4 +1,5 @@
-"""`conveyor serve` has grpc.aio's poller serve the broker's sockets, set before grpc loads, and only there."""
+"""`conveyor serve` and `conveyor worker` have grpc.aio's poller serve their sockets, set before grpc loads,
+and only there."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def experiments_after(code: str, **env: str) -> str | None:
     """GRPC_EXPERIMENTS as a fresh interpreter sees it after running `code`."""
     clean = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
     show = "import os; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
-    out = subprocess.run([sys.executable, "-c", f"{code}; {show}"], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{show}"], capture_output=True, text=True, check=True,
                          timeout=60, env={**clean, **env})
     return ast.literal_eval(out.stdout.strip())
 
@@ -29,6 +30,17 @@ MEASURED = cli.grpc_release() in cli.GRPC_VERIFIED_RELEASES
 def test_the_broker_sets_the_experiments_before_grpc_loads() -> None:
     code = "import sys; from broker_service import cli; assert cli.prefer_poller_io(); assert 'grpc' not in sys.modules"
     assert experiments_after(code) == cli.GRPC_EXPERIMENTS
+
+
+@pytest.mark.skipif(not MEASURED, reason="grpcio release not measured with the experiments off")
+def test_conveyor_worker_sets_them_before_it_loads_the_worker_sdk() -> None:
+    code = ("import contextlib, io, sys\n"
+            "from broker_service import cli\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    cli.main(['worker', '--help'])\n"
+            "assert 'worker_sdk.cli' in sys.modules")
+    assert experiments_after(code) == cli.GRPC_EXPERIMENTS
+    assert experiments_after(code, GRPC_EXPERIMENTS="") == ""
 
 
 def test_an_operators_setting_stands_even_when_empty() -> None:
@@ -65,8 +77,8 @@ def test_an_unmeasured_release_is_left_alone(monkeypatch: pytest.MonkeyPatch) ->
 def test_what_the_broker_runs_with_is_the_environments_else_the_measured_setting(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRPC_EXPERIMENTS", "")
-    assert cli.broker_grpc_experiments() == ""
+    assert cli.grpc_experiments() == ""
     monkeypatch.delenv("GRPC_EXPERIMENTS")
-    assert cli.broker_grpc_experiments() == (cli.GRPC_EXPERIMENTS if MEASURED else None)
+    assert cli.grpc_experiments() == (cli.GRPC_EXPERIMENTS if MEASURED else None)
     monkeypatch.setattr(cli, "GRPC_VERIFIED_RELEASES", frozenset())
-    assert cli.broker_grpc_experiments() is None
+    assert cli.grpc_experiments() is None
