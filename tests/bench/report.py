@@ -147,7 +147,9 @@ def _header(meta: dict[str, Any]) -> str:
     lines.append(f"- Each figure is the median of {sizes['runs']} run(s) (scenario 8 on the peers: "
                  f"{sizes['peer_sleep_runs']}); ratios are Conveyor's figure divided by the peer's, so above "
                  "1× is better for rates and below 1× is better for latency, CPU and memory. The scenarios run "
-                 "one after another, each system in turn within a scenario.")
+                 "one after another, each system in turn within a scenario; in scenarios 1 to 4 the runs go "
+                 "round the systems (every system's first run, then every system's second...), so the figures "
+                 "a ratio compares are taken seconds apart.")
     return "\n".join(lines)
 
 

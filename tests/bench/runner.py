@@ -27,7 +27,7 @@ import redis
 
 from tests.bench import report
 from tests.bench.procs import BenchError, run_driver
-from tests.bench.scenarios import Bench, Sizes
+from tests.bench.scenarios import Bench, Sizes, median_of
 from tests.bench.systems import ALL, BENCH_PYTHON, System
 from tests.redis_process import RedisProcess
 
@@ -238,15 +238,27 @@ def _jobs(bench: Bench, system: System, scenarios: list[str], out: dict[str, Any
     return jobs
 
 
+# Scenarios whose runs go round the systems: run 1 of every system, then run 2 of every system...
+# (5 needs 3's medians first; 7 and 8 run once).
+ROUND_ROBIN = ("1", "2", "3", "4")
+
+
 def _run_all(bench: Bench, systems: list[System], scenarios: list[str], out: dict[str, Any],
              peer_sleep: bool) -> None:
-    # Scenario by scenario, each system in turn: the figures a ratio compares are taken minutes
-    # apart, not a whole system's run apart (a shared machine's speed drifts over half an hour).
+    # Scenario by scenario, each system in turn, and for ROUND_ROBIN scenarios run by run: the
+    # figures a ratio compares are taken seconds apart, not a whole system's runs apart (a shared
+    # machine's speed drifts within minutes).
     plans = [(system, _jobs(bench, system, scenarios, out, peer_sleep)) for system in systems]
     order = list(dict.fromkeys(scenario for _, jobs in plans for scenario, _, _ in jobs))
     for current in order:
-        for system, jobs in plans:
-            _run_scenario(bench, system, [job for job in jobs if job[0] == current], out)
+        rounds = bench.sizes.runs if current in ROUND_ROBIN else 1
+        for done in range(rounds):
+            bench.round = (done + 1, rounds) if rounds > 1 else None
+            try:
+                for system, jobs in plans:
+                    _run_scenario(bench, system, [job for job in jobs if job[0] == current], out)
+            finally:
+                bench.round = None
     if "5" in scenarios:
         _open_loop_at_peer_rate(bench, systems, out)
 
@@ -261,7 +273,19 @@ def _run_scenario(bench: Bench, system: System, jobs: list[Job], out: dict[str, 
             value = {"error": str(error), "runs": [], "median": {}}
         if scenario == "5":
             variant = value.pop("variant", variant or "open loop")
-        out.setdefault(scenario, {}).setdefault(system.key, {})[variant] = value
+        slot = out.setdefault(scenario, {}).setdefault(system.key, {})
+        slot[variant] = _joined(slot.get(variant), value)
+
+
+def _joined(earlier: dict[str, Any] | None, value: dict[str, Any]) -> dict[str, Any]:
+    """A measurement's value after one more round: its runs so far and this one's, their median.
+    A failed round leaves the runs that succeeded (its error is kept beside them)."""
+    if not earlier or not earlier.get("runs"):
+        return value
+    if "error" in value:
+        return {**earlier, "error": value["error"]}
+    runs = earlier["runs"] + value["runs"]
+    return {**earlier, **value, "runs": runs, "median": median_of(runs)}
 
 
 def _open_loop(bench: Bench, system: System, out: dict[str, Any]) -> dict[str, Any]:

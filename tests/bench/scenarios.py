@@ -90,6 +90,8 @@ class Bench:
         self.log_dir = log_dir
         self.progress = progress
         self._tags = 0
+        # Set while the runner goes round the systems run by run: (this run, runs in all).
+        self.round: tuple[int, int] | None = None
 
     def session(self, system: System, scenario: str) -> Session:
         self._tags += 1
@@ -97,10 +99,13 @@ class Bench:
 
     def runs(self, system: System, scenario: str, once: Callable[[], dict[str, Any]],
              count: int | None = None, label: str = "") -> dict[str, Any]:
+        """`once` run `count` times (default the sizes' runs), or once when the runner goes round
+        the systems run by run (`round`); the runs and their median."""
         results = []
-        total = count or self.sizes.runs
+        total = count or (1 if self.round else self.sizes.runs)
         for i in range(total):
-            self.progress(f"{system.label}: scenario {scenario}{' ' + label if label else ''} run {i + 1}/{total}")
+            run, runs = self.round if self.round and not count else (i + 1, total)
+            self.progress(f"{system.label}: scenario {scenario}{' ' + label if label else ''} run {run}/{runs}")
             results.append(once())
         return {"runs": results, "median": median_of(results)}
 

@@ -73,3 +73,33 @@ def test_the_grpc_floor_tool_times_both_kinds_of_exchange() -> None:
     assert settings.startswith("echo server: GRPC_EXPERIMENTS=")
     assert [line.split(":")[0] for line in lines] == ["stream, message and reply", "unary call"]
     assert all(int(line.split(": ")[1].split(" µs")[0]) > 0 for line in lines)
+
+
+def test_runs_of_scenarios_1_to_4_go_round_the_systems(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.bench import runner
+    from tests.bench.scenarios import Bench
+
+    bench = Bench(None, replace(Sizes.smoke(), runs=3), tmp_path)  # type: ignore[arg-type]
+    calls: list[tuple[str, str, tuple[int, int] | None]] = []
+    rates = iter([1.0, 10.0, 2.0, 30.0, 3.0, 20.0])
+
+    def jobs(bench: Bench, system: systems.System, scenarios: list[str], out: dict[str, object],
+             peer_sleep: bool) -> list[runner.Job]:
+        def once(scenario: str) -> dict[str, object]:
+            calls.append((scenario, system.key, bench.round))
+            return bench.runs(system, scenario, lambda: {"rate": next(rates)} if scenario == "4" else {"n": 1})
+
+        return [(scenario, "v", lambda scenario=scenario: once(scenario)) for scenario in scenarios]
+
+    monkeypatch.setattr(runner, "_jobs", jobs)
+    out: dict[str, object] = {}
+    runner._run_all(bench, [systems.conveyor(), systems.celery()], ["4", "7"], out, False)
+
+    assert calls == [("4", "conveyor", (1, 3)), ("4", "celery", (1, 3)), ("4", "conveyor", (2, 3)),
+                     ("4", "celery", (2, 3)), ("4", "conveyor", (3, 3)), ("4", "celery", (3, 3)),
+                     ("7", "conveyor", None), ("7", "celery", None)]
+    assert out["4"]["conveyor"]["v"] == {"runs": [{"rate": 1.0}, {"rate": 2.0}, {"rate": 3.0}],  # type: ignore[index]
+                                         "median": {"rate": 2.0}}
+    assert out["4"]["celery"]["v"]["median"] == {"rate": 20.0}  # type: ignore[index]
+    assert [len(out["7"][key]["v"]["runs"]) for key in ("conveyor", "celery")] == [3, 3]  # type: ignore[index]
+    assert bench.round is None
