@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -80,10 +81,9 @@ class Script:
 def read_scripts() -> dict[str, Script]:
     """Reads every script named in SCRIPT_KEYS from the package's lua/ folder, and builds the
     scripts composed of them (ENQUEUE_LEASE)."""
-    folder = resources.files("broker_service.store").joinpath("lua")
     scripts = {}
     for name in SCRIPT_KEYS:
-        scripts[name] = _script(name, folder.joinpath(f"{name}.lua").read_bytes())
+        scripts[name] = _script(name, script_source(name))
     scripts[ENQUEUE_LEASE] = _script(ENQUEUE_LEASE, b"".join((
         b"-- enqueue.lua, then lease.lua for the same queue, in one call (built by scripts.py)\n",
         b"local function enqueue(KEYS, ARGV)\n", scripts["enqueue"].source, b"\nend\n",
@@ -91,6 +91,21 @@ def read_scripts() -> dict[str, Script]:
         _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS, SCRIPT_KEYS["enqueue"].index("ready") + 1,
                                SCRIPT_KEYS["enqueue"].index("events") + 1))))
     return scripts
+
+
+# A line `--#include NAME` of a script stands for lua/lib/NAME.lua: the helpers several
+# transitions share are written once and spliced in where each script had its copy.
+_INCLUDE = re.compile(rb"(?m)^--#include (\w+)$")
+
+
+def script_source(name: str) -> bytes:
+    """The source of lua/NAME.lua as Redis runs it: its includes spliced in."""
+    folder = resources.files("broker_service.store").joinpath("lua")
+
+    def helper(match: re.Match[bytes]) -> bytes:
+        return folder.joinpath("lib", f"{match[1].decode()}.lua").read_bytes().rstrip(b"\n")
+
+    return _INCLUDE.sub(helper, folder.joinpath(f"{name}.lua").read_bytes())
 
 
 def _script(name: str, source: bytes) -> Script:

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from broker_service.domain import Completion, Failure, Lease, NewTask, RetryPolicy, TaskError
 from broker_service.store.keys import QueueKeys, ScheduleKeys, WorkflowKeys
 from broker_service.store.records import record_from_fields
-from broker_service.store.scripts import _ROW_SOURCE, SCRIPT_KEYS, Scripts, script_keys
+from broker_service.store.scripts import _ROW_SOURCE, SCRIPT_KEYS, Scripts, script_keys, script_source
 from tests.store.helpers import new_task
 
 LUA = Path(str(resources.files("broker_service.store").joinpath("lua")))
@@ -36,7 +36,7 @@ class Header:
     """The parsed header of one script."""
 
     def __init__(self, name: str) -> None:
-        self.text = (LUA / f"{name}.lua").read_text()
+        self.text = script_source(name).decode()  # includes spliced in: what Redis runs
         lines = self.text.splitlines()
         self.summary = lines[0]
         self.comments = [line for line in lines if line.startswith("--")]
@@ -180,18 +180,21 @@ def _local_functions(source: str) -> dict[str, str]:
     return found
 
 
-def test_helpers_copied_into_several_scripts_are_the_same_everywhere() -> None:
-    """Scripts cannot include one another (each file is one transition, loaded alone), so a helper
-    that several need is copied into each. The copies must not drift apart."""
-    copies: dict[str, dict[str, str]] = {}
+def test_shared_helpers_are_included_not_copied() -> None:
+    """A helper that several scripts need lives once in lua/lib/ and each script includes it;
+    every include names a helper there and every helper there is included."""
+    helpers = {path.stem: path.read_text() for path in (LUA / "lib").glob("*.lua")}
+    included: dict[str, list[str]] = {}
     for name in SCRIPTS:
-        for function, text in _local_functions((LUA / f"{name}.lua").read_text()).items():
-            copies.setdefault(function, {})[name] = text
-    shared = {function: by_script for function, by_script in copies.items() if len(by_script) > 1}
-    assert {"in_chunks", "let_one_go"} <= set(shared)
-    for function, by_script in shared.items():
-        variants = set(by_script.values())
-        assert len(variants) == 1, f"{function} differs between {sorted(by_script)}"
+        raw = (LUA / f"{name}.lua").read_text()
+        for helper in re.findall(r"(?m)^--#include (\w+)$", raw):
+            included.setdefault(helper, []).append(name)
+        assert not set(_local_functions(raw)) & set(helpers), f"{name} copies a helper of lua/lib/"
+    assert {"in_chunks", "let_one_go", "to_ready"} <= set(included)
+    assert set(included) == set(helpers)
+    for helper, text in helpers.items():
+        assert set(_local_functions(text)) == {helper}, f"lua/lib/{helper}.lua defines other functions"
+        assert all(text.rstrip("\n") in Header(name).text for name in included[helper])
 
 
 def test_task_defaults_are_one_table_everywhere_and_match_the_domain() -> None:
@@ -200,7 +203,7 @@ def test_task_defaults_are_one_table_everywhere_and_match_the_domain() -> None:
     domain's defaults, which must be the same values."""
     tables = {}
     for name in SCRIPTS:
-        source = (LUA / f"{name}.lua").read_text()
+        source = Header(name).text
         if "DEFAULT." in source or name == "enqueue":
             [table] = re.findall(r"(?m)^local DEFAULT = \{(.*)\}$", source)
             tables[name] = table

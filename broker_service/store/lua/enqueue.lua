@@ -91,29 +91,13 @@ local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 300
 -- compact anyway: then one field.
 local PIECE, MAX_PIECES = 64, 32
 
--- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
-local function put_pieces(fields, name, prefix, count_name, value)
-  if #value <= PIECE or #value > PIECE * MAX_PIECES then
-    fields[#fields + 1] = name; fields[#fields + 1] = value
-    return
-  end
-  local pieces = math.ceil(#value / PIECE)
-  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
-  for j = 2, pieces do
-    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
-  end
-  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
-end
+--#include put_pieces
 -- end pieces ------------------------------------------------------------------------------------
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function in_chunks(cmd, key, args)
-  for i = 1, #args, 4000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
-  end
-end
+--#include in_chunks
 
 local fresh = {} -- ulids this call made ready (written to `ready` at its end)
 

@@ -41,11 +41,7 @@ local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 300
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function in_chunks(cmd, key, args)
-  for i = 1, #args, 4000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
-  end
-end
+--#include in_chunks
 
 -- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
 -- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
@@ -54,19 +50,7 @@ end
 -- compact anyway: then one field.
 local PIECE, MAX_PIECES = 64, 32
 
--- Appends `value` to the HSET arguments `fields` under `name`, in pieces when it is long.
-local function put_pieces(fields, name, prefix, count_name, value)
-  if #value <= PIECE or #value > PIECE * MAX_PIECES then
-    fields[#fields + 1] = name; fields[#fields + 1] = value
-    return
-  end
-  local pieces = math.ceil(#value / PIECE)
-  fields[#fields + 1] = name; fields[#fields + 1] = string.sub(value, 1, PIECE)
-  for j = 2, pieces do
-    fields[#fields + 1] = prefix .. j; fields[#fields + 1] = string.sub(value, (j - 1) * PIECE + 1, j * PIECE)
-  end
-  fields[#fields + 1] = count_name; fields[#fields + 1] = pieces
-end
+--#include put_pieces
 -- end pieces ------------------------------------------------------------------------------------
 
 -- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
@@ -74,85 +58,19 @@ end
 -- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
 local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
 
--- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
--- (a task that waited before: let go, released, requeued), else at its tail.
-local function to_ready(ulid, front)
-  local key = task_prefix .. ulid
-  local flat = redis.call('HGETALL', key)
-  local f = {}
-  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  local payload, pieces = f.payload or '', tonumber(f.pn)
-  if pieces then
-    local parts = {payload}
-    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
-    payload = table.concat(parts)
-  end
-  local packed = {f.name or '', f.created or '0', payload}
-  for i = 1, #flat, 2 do
-    local name = flat[i]
-    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
-      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
-    end
-  end
-  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
-  redis.call('DEL', key)
-  local list = ready_lists .. (f.prio or '0')
-  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
-end
+--#include to_ready
 
--- Writes the packed record of `ulid` back as its task hash (state queued) and takes it out of
--- `ready`; its list entry stays behind, stale (lease skips it). False when `ulid` is not ready.
-local function from_ready(ulid)
-  local packed = redis.call('HGET', ready, ulid)
-  if not packed then return false end
-  local r = cmsgpack.unpack(packed)
-  local fields = {'state', 'queued', 'name', r[1], 'created', r[2]}
-  if r[3] ~= '' then put_pieces(fields, 'payload', 'p', 'pn', r[3]) end
-  for i = 4, #r do fields[#fields + 1] = r[i] end
-  redis.call('HDEL', ready, ulid)
-  redis.call('HSET', task_prefix .. ulid, unpack(fields))
-  return true
-end
+--#include from_ready
 
--- Deletes the ready lists of every priority (when `ready` is empty they hold stale entries only).
-local function drop_lists()
-  local lists = {}
-  for prio = 0, 9 do lists[#lists + 1] = ready_lists .. prio end
-  redis.call('DEL', unpack(lists))
-end
+--#include drop_lists
 -- end ready ------------------------------------------------------------------------------------
 
 -- limits: unique keys and held tasks of waiting tasks that end ---------------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
-local function let_one_go(ckey)
-  if not ckey then return end
-  while true do
-    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
-    if #first == 0 then return end
-    redis.call('ZREM', held, first[1])
-    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      to_ready(first[1], true)
-      unheld[#unheld + 1] = first[1]
-      return
-    end
-  end
-end
+--#include let_one_go
 
--- A waiting task ended: releases its unique key if it still holds it; held back, it leaves the
--- held sets, else, when it was queued, it lets one held task of its concurrency key go.
-local function limits_ended(key, ulid, was_queued)
-  local x = redis.call('HMGET', key, 'uniq', 'ckey')
-  if x[1] and redis.call('GET', uniq_prefix .. x[1]) == ulid then redis.call('DEL', uniq_prefix .. x[1]) end
-  if x[2] and was_queued then
-    if redis.call('ZREM', held, ulid) == 1 then
-      redis.call('ZREM', held_prefix .. x[2], ulid)
-    else
-      let_one_go(x[2])
-    end
-  end
-end
+--#include limits_ended
 -- end limits ------------------------------------------------------------------------------------
 
 local due = redis.call('ZRANGEBYSCORE', start_deadlines, '-inf', now, 'LIMIT', 0, limit)

@@ -59,77 +59,25 @@ local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 300
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function in_chunks(cmd, key, args)
-  for i = 1, #args, 4000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
-  end
-end
+--#include in_chunks
 
 -- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
 -- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
 -- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
 local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
 
--- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
--- (a task that waited before: let go, released, requeued), else at its tail.
-local function to_ready(ulid, front)
-  local key = task_prefix .. ulid
-  local flat = redis.call('HGETALL', key)
-  local f = {}
-  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  local payload, pieces = f.payload or '', tonumber(f.pn)
-  if pieces then
-    local parts = {payload}
-    for j = 2, pieces do parts[j] = f['p' .. j] or '' end
-    payload = table.concat(parts)
-  end
-  local packed = {f.name or '', f.created or '0', payload}
-  for i = 1, #flat, 2 do
-    local name = flat[i]
-    if not PACKED_APART[name] and not (pieces and string.match(name, '^p%d+$')) then
-      packed[#packed + 1] = name; packed[#packed + 1] = flat[i + 1]
-    end
-  end
-  redis.call('HSET', ready, ulid, cmsgpack.pack(packed))
-  redis.call('DEL', key)
-  local list = ready_lists .. (f.prio or '0')
-  if front then redis.call('LPUSH', list, ulid) else redis.call('RPUSH', list, ulid) end
-end
+--#include to_ready
 -- end ready ------------------------------------------------------------------------------------
 
 -- limits: unique keys and concurrency slots of tasks that leave running -------------------------
 local unheld = {}
 
--- Moves the oldest held task of `ckey` back to `ready`, at the head of its priority's list.
-local function let_one_go(ckey)
-  if not ckey then return end
-  while true do
-    local first = redis.call('ZPOPMIN', held_prefix .. ckey)
-    if #first == 0 then return end
-    redis.call('ZREM', held, first[1])
-    if redis.call('HGET', task_prefix .. first[1], 'state') == 'queued' then
-      to_ready(first[1], true)
-      unheld[#unheld + 1] = first[1]
-      return
-    end
-  end
-end
+--#include let_one_go
 
--- A task left running (for good when `ended`): frees its concurrency slot and lets one held task
--- of its key go; when it ended, releases its unique key if it still holds it. `uniq` and `ckey`
--- are the task's fields of those names (read by the caller with the rest of its record).
-local function limits_left(ulid, uniq, ckey, ended)
-  if ended and uniq and redis.call('GET', uniq_prefix .. uniq) == ulid then redis.call('DEL', uniq_prefix .. uniq) end
-  if ckey then
-    redis.call('SREM', conc_prefix .. ckey, ulid)
-    let_one_go(ckey)
-  end
-end
+--#include limits_left
 -- end limits ------------------------------------------------------------------------------------
 
-local function publish(kind, ids)
-  if #ids > 0 then redis.call('PUBLISH', events, kind .. ' ' .. table.concat(ids, ' ')) end
-end
+--#include publish
 
 local answers, left_running, wf_done = {}, {}, {}
 local to_queue, to_schedule, to_dead, to_cancel = {}, {}, {}, {}
