@@ -385,16 +385,17 @@ class Store:
         its list when it has left (the lists lose entries only at the head, so every entry that
         stood before it has left too)."""
         keys = self.queue_keys(queue)
-        first, last_seen = (after[0], after[1]) if after else ("9", "")
-        if first not in _PRIORITIES:
+        cursor_priority, last_seen = (after[0], after[1]) if after else ("9", "")
+        if cursor_priority not in _PRIORITIES:
             raise ValueError("malformed cursor")
+        first = int(cursor_priority)
         tasks: list[TaskRecord] = []
         last: tuple[str, str] | None = None
         with redis_errors():
-            for priority in range(int(first), -1, -1):
+            for priority in range(first, -1, -1):
                 key = keys.ready_list(priority)
                 start = 0
-                if priority == int(first) and last_seen:
+                if priority == first and last_seen:
                     position: Any = await self.redis.lpos(key, last_seen)
                     start = 0 if position is None else int(position) + 1
                 while ulids := await self.redis.lrange(key, start, start + page_size):

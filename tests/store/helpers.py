@@ -16,7 +16,7 @@ NAMESPACE = "conveyor"
 INDEXES = ("scheduled", "running", "start_by", "pending", "succeeded", "failed", "cancelled", "expired")
 TIME_FIELDS = ("created", "due", "started", "finished", "start_by", "exec_dl")
 BINARY_FIELDS = ("payload", "result", "presults")
-PIECE, MAX_PIECES = 64, 32  # enqueue.lua's `pieces`
+PIECE, MAX_PIECES = 64, 32  # lua/lib/put_pieces.lua's
 
 
 def _binary(field: str) -> bool:

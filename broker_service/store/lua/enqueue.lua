@@ -84,15 +84,7 @@ local quiet = ARGV[2]
 local DEFAULT = {max = 3, b_init = 1000, b_max = 600000, b_mult = 2, lease = 30000, ttl = 86400000}
 -- end task defaults ---------------------------------------------------------------------------
 
--- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
--- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
--- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
--- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
--- compact anyway: then one field.
-local PIECE, MAX_PIECES = 64, 32
-
 --#include put_pieces
--- end pieces ------------------------------------------------------------------------------------
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -71,21 +71,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 --#include in_chunks
 
--- pieces: a task hash keeps Redis's compact encoding (listpack) only while every value is at
--- most hash-max-listpack-value (64 bytes by default), so a longer payload or result is stored in
--- pieces of PIECE bytes: `payload` the first, `p2` .. `p<pn>` the rest, `pn` their number (a
--- result: `result`, `r2` .. `r<rn>`, `rn`). Beyond MAX_PIECES pieces the record could not stay
--- compact anyway: then one field.
-local PIECE, MAX_PIECES = 64, 32
-
 --#include put_pieces
--- end pieces ------------------------------------------------------------------------------------
 
 -- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
--- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
--- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
-local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
-
 --#include to_ready
 -- end ready ------------------------------------------------------------------------------------
 

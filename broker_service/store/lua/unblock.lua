@@ -34,10 +34,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
--- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
--- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
-local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
-
 --#include to_ready
 -- end ready ------------------------------------------------------------------------------------
 

@@ -1,3 +1,7 @@
+-- A packed record is the msgpack array {name, created, payload, field, value, ...}: the task
+-- hash's fields but `state` (queued), the payload whole rather than in pieces (see KEYS.md).
+local PACKED_APART = {state = true, name = true, created = true, payload = true, pn = true}
+
 -- Moves the task hash of `ulid` into `ready`, at the head of its priority's list when `front`
 -- (a task that waited before: let go, released, requeued), else at its tail.
 local function to_ready(ulid, front)
