@@ -49,6 +49,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
                "held_prefix", "uniq_prefix", "wf_outbox"),
     "trim": ("task_prefix", "succeeded", "failed", "cancelled", "expired"),
     "list_page": ("index", "task_prefix"),
+    "read": ("task_prefix", "ready"),
     "set_limits": ("limits", "events"),
     # Schedules: ScheduleKeys attributes; `schedule` (one schedule's hash) the wrapper passes itself.
     "put_schedule": ("schedule", "due", "ids"),
@@ -279,6 +280,9 @@ class Scripts:
         score, member = after or ("", "")
         args: list[Arg] = [page_size, score, member, *fields]
         return list(await self.run("list_page", script_keys("list_page", queue, {"index": index}), args))
+
+    async def read(self, queue: QueueKeys, ulids: Sequence[str]) -> list[Any]:
+        return list(await self.run("read", script_keys("read", queue), ulids))
 
     async def set_limits(self, queue: QueueKeys, max_running: int, rate: float, burst: int) -> int:
         args: list[Arg] = [max_running, _num(rate), burst]

@@ -11,6 +11,7 @@ CONTRACT:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -563,48 +564,37 @@ class Store:
         return workflow_from_hash(workflow_id, raw)
 
     async def get_many(self, tasks: list[tuple[str, str]]) -> list[TaskRecord | None]:
-        """Reads tasks given as (queue, ulid) in one pipelined round trip (HGETALL each); None
-        for a task whose record is gone. A task without a hash of its own is read again with
-        its packed record in `ready`, both in one transaction: a task moves between the two
-        atomically, so it is found whichever side it is on then."""
+        """Reads tasks given as (queue, ulid), one script call per queue (read.lua), the queues'
+        calls at once; None for a task whose record is gone. A ready task is read from its
+        packed record in `ready`: it moves between that and its hash within one script call, so
+        the read finds it on one side or the other."""
         if not tasks:
             return []
-        with redis_errors():
-            if len(tasks) == 1:  # one round trip either way; a lone HGETALL skips the pipeline's cost
-                replies = [await self.redis.hgetall(self.queue_keys(tasks[0][0]).task(tasks[0][1]))]
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for queue, ulid in tasks:
-                        pipe.hgetall(self.queue_keys(queue).task(ulid))
-                    replies = await pipe.execute()
-        records: list[TaskRecord | None] = [record_from_hash(ulid, queue, raw) if raw else None
-                                            for (queue, ulid), raw in zip(tasks, replies, strict=True)]
-        missing: dict[str, list[int]] = defaultdict(list)  # queue -> indexes of its tasks not found
-        for i, record in enumerate(records):
-            if record is None:
-                missing[tasks[i][0]].append(i)
-        for queue, indexes in missing.items():
+        by_queue: dict[str, list[int]] = defaultdict(list)  # queue -> indexes of its tasks
+        for i, (queue, _) in enumerate(tasks):
+            by_queue[queue].append(i)
+        records: list[TaskRecord | None] = [None] * len(tasks)
+
+        async def read(queue: str, indexes: list[int]) -> None:
             ulids = [tasks[i][1] for i in indexes]
             for i, ulid, fields in zip(indexes, ulids, await self._fields_anywhere(queue, ulids), strict=True):
                 records[i] = record_from_fields(ulid, queue, fields) if fields else None
+
+        if len(by_queue) == 1:  # the usual case: no gather
+            await read(*next(iter(by_queue.items())))
+        else:
+            await asyncio.gather(*(read(queue, indexes) for queue, indexes in by_queue.items()))
         return records
 
     async def _fields_anywhere(self, queue: str, ulids: list[str]) -> list[dict[str, bytes] | None]:
-        """Tasks' fields from their hashes or, for ready ones, from their packed records, all read
-        in one MULTI (one queue: one slot); None for a task that has neither."""
-        keys = self.queue_keys(queue)
-        with redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for ulid in ulids:
-                    pipe.hgetall(keys.task(ulid))
-                    pipe.hget(keys.ready, ulid)
-                replies = await pipe.execute()
+        """Tasks' fields from their hashes or, for ready ones, from their packed records (one
+        script call); None for a task that has neither."""
         out: list[dict[str, bytes] | None] = []
-        for raw, packed in zip(replies[::2], replies[1::2], strict=True):
-            if raw:
-                out.append({text(k): v for k, v in raw.items()})
+        for found in await self.scripts.read(self.queue_keys(queue), ulids):
+            if isinstance(found, list):
+                out.append({text(found[j]): found[j + 1] for j in range(0, len(found), 2)})
             else:
-                out.append(fields_from_packed(packed) if packed else None)
+                out.append(fields_from_packed(found) if found else None)
         return out
 
     async def settle_node(self, workflow_id: str, node: str, state: TaskState) -> Settlement:
@@ -645,14 +635,10 @@ class Store:
 
     async def node_links(self, queue: str, ulid: str) -> NodeLinks | None:
         """A task's state and workflow links; None when its record is gone."""
-        with redis_errors():
-            state, wf, node, parents, rpass = await self.redis.hmget(
-                self.queue_keys(queue).task(ulid), ["state", "wf", "node", "parents", "rpass"])
-        if state is None:  # ready, or gone
-            [fields] = await self._fields_anywhere(queue, [ulid])
-            if fields is None:
-                return None
-            state, wf, node, parents, rpass = (fields.get(k) for k in ("state", "wf", "node", "parents", "rpass"))
+        [fields] = await self._fields_anywhere(queue, [ulid])
+        if fields is None:
+            return None
+        state, wf, node, parents, rpass = (fields.get(k) for k in ("state", "wf", "node", "parents", "rpass"))
         return NodeLinks(state=TaskState.from_label(text(state)), workflow_id=text(wf), node=text(node),
                          parent_ids=tuple(text(parents).split()), result_passing=int(rpass or 0))
 

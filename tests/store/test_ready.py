@@ -15,7 +15,6 @@ import pytest
 from broker_service.domain import Lease, RetryPolicy, TaskState
 from broker_service.store.store import _encode_cursor
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import new_task
 
 
 def _keys(harness: StoreHarness):  # type: ignore[no-untyped-def]
@@ -168,20 +167,3 @@ def test_a_ready_cursor_naming_no_priority_is_malformed(harness: StoreHarness, p
 
     with pytest.raises(ValueError, match="malformed cursor"):
         harness.run(harness.store.list_tasks(harness.queue, TaskState.QUEUED, 2, cursor))
-
-
-def test_get_many_reads_ready_running_and_gone_tasks_of_several_queues_in_order(harness: StoreHarness) -> None:
-    other = f"{harness.queue}-b"
-    running, ready, gone = harness.submit(3)
-    assert [t.ulid for t in harness.lease(1)] == [running]
-    harness.drop_record(gone)
-    ready_b = [new_task(other) for _ in range(2)]
-    harness.run(harness.store.enqueue(other, ready_b))
-    wanted = [(harness.queue, ready), (other, ready_b[1].ulid), (harness.queue, running),
-              (harness.queue, gone), (other, ready_b[0].ulid)]
-
-    records = harness.run(harness.store.get_many(wanted))
-
-    assert [(r.queue, r.ulid, r.state) if r else None for r in records] == [
-        (harness.queue, ready, TaskState.QUEUED), (other, ready_b[1].ulid, TaskState.QUEUED),
-        (harness.queue, running, TaskState.RUNNING), None, (other, ready_b[0].ulid, TaskState.QUEUED)]

@@ -121,6 +121,7 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
         "expire": lambda: scripts.expire(QUEUE, 10),
         "trim": lambda: scripts.trim(QUEUE, 10),
         "list_page": lambda: scripts.list_page(QUEUE, QUEUE.queued, 10, None, ["state", "name"]),
+        "read": lambda: scripts.read(QUEUE, [LEASE.ulid] * items),
         "set_limits": lambda: scripts.set_limits(QUEUE, 5, 2.5, 10),
         "put_schedule": lambda: scripts.put_schedule(SCHEDULES, "s", "{}", "* * * * *", "", 0, 1, "", 0, 60_000),
         "pause_schedule": lambda: scripts.pause_schedule(SCHEDULES, "s"),
