@@ -69,6 +69,8 @@ class TaskOptions:
         concurrency_key: Tasks with this key (in this queue) run at most ``concurrency_limit``
             at once; the others wait without holding back the rest of the queue.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once, 1 to 10,000.
+        inline: The worker runs this sync function on its event loop rather than on a thread
+            (used by the worker; see ``task``).
     """
 
     queue: str = DEFAULT_QUEUE
@@ -90,6 +92,7 @@ class TaskOptions:
     unique_key: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int = 1
+    inline: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -111,6 +114,8 @@ class TaskOptions:
             if self.delay is not None:
                 raise ValueError("give either delay or run_at, not both")
         _check_keys(self)
+        if not isinstance(self.inline, bool):
+            raise TypeError(f"inline must be True or False, got {self.inline!r}")
         object.__setattr__(self, "dont_retry_on", _exception_types(self.dont_retry_on))
         object.__setattr__(self, "headers", _headers(self.headers))
 
@@ -418,6 +423,7 @@ def task(
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
+    inline: bool = False,
     cron: str | None = None,
     every: float | timedelta | None = None,
     timezone: str = "",
@@ -447,6 +453,7 @@ def task(
     unique_key: str | None = None,
     concurrency_key: str | None = None,
     concurrency_limit: int = 1,
+    inline: bool = False,
     cron: str | None = None,
     every: float | timedelta | None = None,
     timezone: str = "",
@@ -479,6 +486,12 @@ def task(
         concurrency_key: Runs at most ``concurrency_limit`` tasks with this key at once, e.g. a
             customer id given per call with ``with_options(concurrency_key=...)``.
         concurrency_limit: Most tasks with ``concurrency_key`` running at once.
+        inline: Run this sync function on the worker's event loop instead of handing it to a
+            thread and its result back (about 0.1 ms less per task on a busy 2-core machine).
+            Only for short functions: while one runs the worker does nothing else (no
+            heartbeat, no other task's outcome). A run that takes longer than 0.1 s sends the
+            task to threads for the rest of the worker's life, with a warning. An attempt with
+            an execution timeout runs on a thread (the loop must be free to end it).
         cron: Submit the task (without arguments) on this cron schedule: five fields, or six with
             seconds last. A worker running the task puts the schedule when it starts.
         every: Submit the task every so often instead (a timedelta, or seconds; at least 1 s).
@@ -497,13 +510,15 @@ def task(
         retry_backoff_max=retry_backoff_max, retry_jitter=retry_jitter, timeout=timeout, lease=lease,
         schedule_to_start=schedule_to_start, result_ttl=result_ttl, dont_retry_on=dont_retry_on,
         idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl, unique_key=unique_key,
-        concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+        concurrency_key=concurrency_key, concurrency_limit=concurrency_limit, inline=inline,
     )
     trigger = None
     if cron is not None or every is not None:
         trigger = Trigger.of(cron=cron, every=every, timezone=timezone, missed=missed, schedule_id=schedule_id)
 
     def decorate(function: Callable[P, R]) -> TaskDefinition[P, R]:
+        if inline and inspect.iscoroutinefunction(function):
+            raise TypeError("inline is for sync functions: an async one runs on the worker's loop already")
         return TaskDefinition(function, name=name, options=options, schedule=trigger)
 
     return decorate if fn is None else decorate(fn)

@@ -1,12 +1,14 @@
-"""Runs one job's function: arguments in, a Result out; sync code on threads, async on the loop."""
+"""Runs one job's function: arguments in, a Result out; sync code on threads (or inline), async on the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import contextvars
+import dataclasses
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from worker_sdk.errors import NonRetryableError, Retry
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4096
+# Longest an inline run may hold the event loop before its task goes to threads for good.
+INLINE_BUDGET_SECONDS = 0.1
 MAX_TRACEBACK_CHARS = 32_768
 
 Report = Callable[[Job, Result], None]
@@ -106,13 +110,15 @@ class _Prepared:
     is_async: bool
     check: ArgumentCheck
     dont_retry_on: tuple[type[BaseException], ...]
+    inline: bool  # a sync function run on the loop (`task(inline=True)`) until a run is too long
 
 
 class Runner:
     """Calls task functions for the worker's engine; everything here runs on the loop but the calls.
 
-    Sync functions run on a `TaskPool` of `threads` threads; async ones as tasks on the loop.
-    Nothing is awaited per job: completions come back as callbacks.
+    Sync functions run on a `TaskPool` of `threads` threads, or on the loop itself when declared
+    inline; async ones as tasks on the loop. Nothing is awaited per job: completions come back as
+    callbacks.
 
     Args:
         report: Called once per job with its outcome, as soon as it is known (on the loop).
@@ -141,8 +147,9 @@ class Runner:
         prepared = self._prepared.get(definition.fn)
         if prepared is None:
             fn = definition.fn
-            prepared = _Prepared(fn, inspect.iscoroutinefunction(fn), ArgumentCheck(fn),
-                                 tuple(definition.options.dont_retry_on))
+            is_async = inspect.iscoroutinefunction(fn)
+            prepared = _Prepared(fn, is_async, ArgumentCheck(fn), tuple(definition.options.dont_retry_on),
+                                 definition.options.inline and not is_async)
             self._prepared[fn] = prepared
         return prepared
 
@@ -162,6 +169,9 @@ class Runner:
         if prepared.is_async:
             self._start_async(job, prepared)
             return
+        if prepared.inline and job.timeout is None:
+            self._run_inline(job, prepared)
+            return
         # The copied context carries the caller's context variables into the thread.
         self._pool.submit(job, partial(contextvars.copy_context().run, self._call_sync, job, prepared))
         if job.timeout is not None:
@@ -170,7 +180,7 @@ class Runner:
     # -- sync functions: on the pool ---------------------------------------------------------------
 
     def _call_sync(self, job: Job, prepared: _Prepared) -> Result | None:
-        """Runs on a pool thread; None when the job was withheld before it started."""
+        """Runs on a pool thread (on the loop when inline); None when the job was withheld before it started."""
         if not job.begin():
             return None
         try:
@@ -186,6 +196,17 @@ class Runner:
         except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
             return _ended(job, failure_from_exception(exc, prepared.dont_retry_on))
         return _ended(job, _success(value))
+
+    def _run_inline(self, job: Job, prepared: _Prepared) -> None:
+        """Runs a sync function on the loop, as a pool thread would (its own copy of the context)."""
+        started = time.perf_counter()
+        outcome = contextvars.copy_context().run(self._call_sync, job, prepared)
+        took = time.perf_counter() - started
+        if took > INLINE_BUDGET_SECONDS:
+            self._prepared[prepared.fn] = dataclasses.replace(prepared, inline=False)
+            logger.warning("inline task held the event loop for %.3fs; it runs on threads from now on name=%s",
+                           took, job.name)
+        self._sync_done(job, outcome)
 
     def _sync_timed_out(self, job: Job) -> None:
         job.timer = None

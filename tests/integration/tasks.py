@@ -6,6 +6,7 @@ process and the test process agree on what happened without sharing memory.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def total(values: list[int], extra: int = 0) -> int:
     return sum(values) + extra
 
 
+@task(inline=True)
+def inline_thread() -> str:
+    """Runs on the worker's event loop: answers the name of the thread it ran on."""
+    return threading.current_thread().name
+
+
 worker = Worker(
     tasks=[
         examples.add,
@@ -76,6 +83,7 @@ worker = Worker(
         retry_after_then_succeed,
         wait_for_cancel,
         total,
+        inline_thread,
     ],
     queues=["default"],
 )

@@ -12,7 +12,7 @@ from conveyor.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from client_sdk import AsyncClient, Client, TaskState
 from tests.helpers import BrokerProcess, run_async
 from tests.integration.conftest import StartWorker
-from tests.integration.tasks import record
+from tests.integration.tasks import inline_thread, record
 from worker_sdk.examples import add, async_add
 
 
@@ -30,6 +30,14 @@ def test_sync_client_enqueues_a_task_definition_and_gets_its_result(
     assert info.attempt == 1
     assert info.created_at is not None and info.started_at is not None and info.finished_at is not None
     assert info.created_at <= info.started_at <= info.finished_at
+
+
+def test_an_inline_task_runs_on_the_worker_process_s_main_thread(
+    fast_client: Client, start_worker: StartWorker, queue_name: str
+) -> None:
+    start_worker(queue_name)
+
+    assert fast_client.call(inline_thread.s().with_options(queue=queue_name), timeout=15) == "MainThread"
 
 
 def test_enqueue_of_the_bare_definition_and_of_a_bare_name_use_the_default_queue(

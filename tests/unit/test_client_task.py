@@ -118,6 +118,7 @@ def test_unknown_option_is_refused() -> None:
     ("queue", "", ValueError),
     ("headers", {"a": 1}, TypeError),
     ("dont_retry_on", ("ValueError",), TypeError),
+    ("inline", "yes", TypeError),
 ])
 def test_options_that_cannot_be_sent_are_refused_early(option: str, value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=option):
@@ -127,6 +128,16 @@ def test_options_that_cannot_be_sent_are_refused_early(option: str, value: objec
 def test_decorator_refuses_bad_options_at_definition_time() -> None:
     with pytest.raises(ValueError, match="priority"):
         task(priority=42)
+
+
+def test_inline_is_for_sync_functions_only() -> None:
+    assert task(inline=True)(lambda: 1).options.inline
+
+    async def on_the_loop_already() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="inline is for sync functions"):
+        task(inline=True)(on_the_loop_already)
 
 
 def test_signature_from_a_bare_name_uses_the_default_queue() -> None:

@@ -97,6 +97,69 @@ def test_sync_function_runs_on_a_worker_thread_and_async_on_the_loop() -> None:
     assert seen["async"] == threading.main_thread().name
 
 
+def run_one_after_another(definition: TaskDefinition[..., Any], jobs: list[Job]) -> list[Result]:
+    """Runs `jobs` one at a time on one runner; the result of each."""
+    reports: list[Result] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        freed: asyncio.Future[None] = loop.create_future()
+
+        def free(_job: Job) -> None:
+            if not freed.done():
+                freed.set_result(None)
+
+        runner = Runner(lambda _job, result: reports.append(result), free, threads=2)
+        try:
+            for job in jobs:
+                freed = loop.create_future()
+                runner.start(job, definition, ["known.task"])
+                await asyncio.wait_for(freed, 10)
+        finally:
+            runner.shutdown()
+
+    asyncio.run(main())
+    return reports
+
+
+@task(inline=True)
+def inline_where(sleep: float = 0.0) -> str:
+    time.sleep(sleep)
+    return f"{threading.current_thread().name} {current_task().attempt}"
+
+
+@task(inline=True)
+def inline_explode() -> None:
+    raise ValueError("bad value")
+
+
+def test_an_inline_function_runs_on_the_loop_and_reports_as_a_threaded_one_would() -> None:
+    assert run_one_after_another(inline_where, [make_job("inline_where")]) == [
+        Succeeded(f'"{threading.main_thread().name} 2"'.encode(), "application/json")]
+    [failure] = run_one_after_another(inline_explode, [make_job("inline_explode")])
+    assert isinstance(failure, Failed) and failure.type == "ValueError" and failure.retryable
+
+
+def test_an_inline_run_longer_than_its_budget_sends_the_task_to_threads(caplog: pytest.LogCaptureFixture) -> None:
+    jobs = [make_job("inline_where", 0.15), make_job("inline_where"), make_job("inline_where")]
+
+    first, second, third = run_one_after_another(inline_where, jobs)
+
+    main = threading.main_thread().name
+    assert first == Succeeded(f'"{main} 2"'.encode(), "application/json")
+    assert isinstance(second, Succeeded) and not second.payload.startswith(f'"{main} '.encode())
+    assert isinstance(third, Succeeded) and not third.payload.startswith(f'"{main} '.encode())
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "held the event loop" in warning and "runs on threads from now on name=inline_where" in warning
+
+
+def test_an_inline_attempt_with_an_execution_timeout_runs_on_a_thread() -> None:
+    [result] = run_one_after_another(inline_where, [make_job("inline_where", timeout=5)])
+
+    assert isinstance(result, Succeeded)
+    assert not result.payload.startswith(f'"{threading.main_thread().name} '.encode())
+
+
 def test_an_exception_is_a_retryable_failure() -> None:
     [(_, result)] = run(explode, make_job("explode"))
     assert isinstance(result, Failed)
