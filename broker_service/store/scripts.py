@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "enqueue": ("task_prefix", "ready", "ready_lists", "scheduled", "start_deadlines", "events", "pending",
                 "idem_prefix", "uniq_prefix"),
+    "handoff": ("task_prefix", "ready", "running", "sequence", "limits", "running_events"),
     "lease": ("task_prefix", "ready", "ready_lists", "running", "start_deadlines", "expired", "sequence", "events",
               "limits", "bucket", "held", "conc_prefix", "held_prefix", "uniq_prefix", "wf_outbox", "running_events"),
     "extend": ("task_prefix", "running"),
@@ -86,11 +87,11 @@ def read_scripts() -> dict[str, Script]:
     for name in SCRIPT_KEYS:
         scripts[name] = _script(name, script_source(name))
     scripts[ENQUEUE_LEASE] = _script(ENQUEUE_LEASE, b"".join((
-        b"-- enqueue.lua, then lease.lua for the same queue, in one call (built by scripts.py)\n",
+        b"-- handoff.lua, else enqueue.lua then lease.lua for the same queue, in one call (built by scripts.py)\n",
+        b"local function handoff(KEYS, ARGV)\n", scripts["handoff"].source, b"\nend\n",
         b"local function enqueue(KEYS, ARGV)\n", scripts["enqueue"].source, b"\nend\n",
         b"local function lease(KEYS, ARGV)\n", scripts["lease"].source, b"\nend\n",
-        _ENQUEUE_LEASE_MAIN % (len(SCRIPT_KEYS["enqueue"]), ENQUEUE_ARGS, SCRIPT_KEYS["enqueue"].index("ready") + 1,
-                               SCRIPT_KEYS["enqueue"].index("events") + 1))))
+        _enqueue_lease_main())))
     return scripts
 
 
@@ -114,13 +115,31 @@ def _script(name: str, source: bytes) -> Script:
 
 
 # enqueue_lease: KEYS are enqueue's, then lease's; ARGV enqueue's (`quiet` set: no wake-up of
-# its own), then lease's. Tasks the lease left queued wake the queue's other workers. Answers
-# {enqueue's answer, lease's answer}.
+# its own), then lease's. When handoff.lua applies (nothing waits ahead of the new tasks) it
+# writes them straight to running, as enqueue then lease would; else enqueue, then lease, and
+# tasks the lease left queued wake the queue's other workers. Answers {enqueue's answer,
+# lease's answer}.
 ENQUEUE_LEASE = "enqueue_lease"
 ENQUEUE_ARGS = 2
-_ENQUEUE_LEASE_MAIN = b"""
-local nk, na, ready, events = %d, %d, %d, %d
-local k1, a1, k2, a2 = {}, {}, {}, {}
+
+
+def _enqueue_lease_main() -> bytes:
+    enqueue_keys = SCRIPT_KEYS["enqueue"]
+    lease_keys = SCRIPT_KEYS["lease"]
+
+    def key(name: str) -> str:  # handoff's KEYS as indexes of enqueue_lease's
+        if name in enqueue_keys:
+            return f"KEYS[{enqueue_keys.index(name) + 1}]"
+        return f"KEYS[{len(enqueue_keys) + lease_keys.index(name) + 1}]"
+
+    handoff_keys = ", ".join(key(name) for name in SCRIPT_KEYS["handoff"])
+    lease_args = f"ARGV[{ENQUEUE_ARGS + 1}], ARGV[{ENQUEUE_ARGS + 2}]"
+    return f"""
+local handed = handoff({{{handoff_keys}}}, {{ARGV[1], {lease_args}}})
+if handed then return handed end
+local nk, na, ready, events = {len(enqueue_keys)}, {ENQUEUE_ARGS}, {enqueue_keys.index("ready") + 1}, \
+{enqueue_keys.index("events") + 1}
+local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
 for i = 1, nk do k1[i] = KEYS[i] end
 for i = nk + 1, #KEYS do k2[#k2 + 1] = KEYS[i] end
 for i = 1, na do a1[i] = ARGV[i] end
@@ -128,8 +147,8 @@ for i = na + 1, #ARGV do a2[#a2 + 1] = ARGV[i] end
 local enqueued = enqueue(k1, a1)
 local leased = lease(k2, a2)
 if redis.call('HLEN', k1[ready]) > 0 then redis.call('PUBLISH', k1[events], 'wake') end
-return {enqueued, leased}
-"""
+return {{enqueued, leased}}
+""".encode()
 
 
 def script_keys(name: str, queue: QueueKeys | ScheduleKeys | WorkflowKeys,
@@ -203,9 +222,21 @@ class Scripts:
     async def lease(self, queue: QueueKeys, count: int, worker_id: str) -> list[Any]:
         return list(await self.run(*lease_call(queue, count, worker_id)))
 
+    async def handoff(self, queue: QueueKeys, tasks: Sequence[NewTask], count: int,
+                      worker_id: str) -> tuple[list[Any], list[Any]] | None:
+        """handoff.lua alone: None when it did not apply (nothing written). The broker calls it
+        as part of ENQUEUE_LEASE."""
+        _, _, enqueue_args = enqueue_call(queue, tasks)
+        reply = await self.run("handoff", script_keys("handoff", queue), [enqueue_args[0], count, worker_id])
+        if not reply:
+            return None
+        enqueued, leased = reply
+        return list(enqueued), list(leased)
+
     async def enqueue_and_lease(self, queue: QueueKeys, tasks: Sequence[NewTask], count: int,
                                 worker_id: str) -> tuple[list[Any], list[Any]]:
-        """enqueue.lua, then lease.lua for `worker_id`, in one script call (ENQUEUE_LEASE)."""
+        """handoff.lua, else enqueue.lua then lease.lua for `worker_id`, in one script call
+        (ENQUEUE_LEASE)."""
         _, enqueue_keys, enqueue_args = enqueue_call(queue, tasks, quiet=True)
         _, lease_keys, lease_args = lease_call(queue, count, worker_id)
         enqueued, leased = await self.run(ENQUEUE_LEASE, enqueue_keys + lease_keys, enqueue_args + lease_args)

@@ -108,6 +108,7 @@ def _call_wrapper(scripts: RecordingScripts, name: str, items: int) -> None:
     calls: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "enqueue": lambda: scripts.enqueue(QUEUE, [new_task("meta") for _ in range(items)]),
         "lease": lambda: scripts.lease(QUEUE, 5, "w"),
+        "handoff": lambda: scripts.handoff(QUEUE, [new_task("meta") for _ in range(items)], 5, "w"),
         "extend": lambda: scripts.extend(QUEUE, "w", leases),
         "complete": lambda: scripts.complete(QUEUE, [Completion(LEASE.ulid, 3, b"r", "t")] * items),
         "fail": lambda: scripts.fail(QUEUE, [Failure(LEASE.ulid, 3, TaskError("E", "m"))] * items,

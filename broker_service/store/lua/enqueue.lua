@@ -134,15 +134,7 @@ local to_ready, to_schedule, to_start_by, to_pend, answers = {}, {}, {}, {}, {}
 local to_lists = {} -- priority -> ulids to append to its list
 local now_text = string.format('%d', now)
 
--- Row entries a task hash keeps only when they differ from what their absent field means:
--- {entry, field, absent}.
-local OPTIONAL = {
-  {4, 'ctype', ''}, {5, 'headers', ''}, {6, 'prio', 0}, {7, 'max', DEFAULT.max},
-  {8, 'b_init', DEFAULT.b_init}, {9, 'b_max', DEFAULT.b_max}, {10, 'b_mult', DEFAULT.b_mult}, {11, 'b_jit', 0},
-  {12, 'timeout', 0}, {13, 'lease', DEFAULT.lease}, {14, 'ttl', DEFAULT.ttl}, {18, 'idem', ''}, {20, 'uniq', ''},
-  {21, 'ckey', ''}, {22, 'climit', 0}, {23, 'sched', ''}, {24, 'wf', ''}, {25, 'node', ''}, {26, 'parents', ''},
-  {27, 'rpass', 0},
-}
+--#include stored_options
 
 -- What a full row's task shares with the short rows after it, worked out once: state, due
 -- time, the index it goes to and its score there, and the record's fields after the payload.
@@ -152,16 +144,10 @@ local function shape_of(row)
   local due = now + delay
   if run_at > 0 then due = run_at end
   if due < now then due = now end
+  local tail = stored_options(row)
   local shape = {name = row[2], due = string.format('%d', due), idem = row[18], idem_ttl = row[19],
-                 uniq = row[20], tail = {}}
+                 uniq = row[20], tail = tail}
   shape.keyed = shape.idem ~= '' or shape.uniq ~= ''
-  local tail = shape.tail
-  for _, o in ipairs(OPTIONAL) do
-    local value, absent = row[o[1]], o[3]
-    if value ~= absent and tonumber(value) ~= absent then
-      tail[#tail + 1] = o[2]; tail[#tail + 1] = value
-    end
-  end
   -- a workflow node waits pending, roots too: its workflow releases it once its record is written
   if row[26] ~= '' or row[24] ~= '' then
     shape.state, shape.index, shape.score = 'pending', to_pend, now_text
