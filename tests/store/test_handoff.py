@@ -12,7 +12,7 @@ import pytest
 from broker_service.domain import LeasedTask, NewTask, QueueLimits, RetryPolicy
 from broker_service.store.records import leased_from_reply
 from tests.store.conftest import StoreHarness
-from tests.store.helpers import TIME_FIELDS, dump_queue, redis_now_ms, without
+from tests.store.helpers import dump_queue, redis_now_ms, without
 
 BIG = bytes(range(256)) * 2  # stored in 64-byte pieces
 
