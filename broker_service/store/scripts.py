@@ -378,14 +378,15 @@ _ROW_SOURCE = operator.attrgetter(
 
 
 def enqueue_call(queue: QueueKeys, tasks: Sequence[NewTask], *, quiet: bool = False) -> Call:
-    """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task, two entries
-    (ulid, payload) for a task whose other entries equal the task's before it."""
-    rows: list[tuple[Any, ...]] = []
+    """enqueue.lua's name, KEYS and ARGV for `tasks`: one MessagePack row per task, or two
+    entries (ulid, payload) in the array itself for a task whose other entries equal the task's
+    before it."""
+    rows: list[Any] = []
     last: tuple[Any, ...] | None = None
     for task in tasks:
         source = _ROW_SOURCE(task)
         if source == last:
-            rows.append((task.ulid, task.payload))
+            rows += (task.ulid, task.payload)
             continue
         last = source
         retry = task.retry

@@ -150,9 +150,12 @@ def test_enqueue_of_runs_of_like_tasks_stores_each_as_if_sent_alone(harness: Sto
              harness.task(delay_ms=60_000), harness.task(**like),
              harness.task(payload=b"[5]", idempotency_key="k", **like),
              harness.task(payload=b"[6]", idempotency_key="k", **like)]
-    # A task like the one before it travels as a short row (ulid, payload): this batch has two.
+    # A task like the one before it travels as two entries, ulid and payload, with no row of its
+    # own: this batch has two.
     _, _, args = enqueue_call(harness.store.queue_keys(harness.queue), tasks)
-    assert [len(row) for row in msgpack.unpackb(args[0])] == [27, 2, 27, 27, 27, 2]
+    entries = msgpack.unpackb(args[0], raw=True)
+    assert [len(e) if isinstance(e, list) else "-" for e in entries] == [27, "-", "-", 27, 27, 27, "-", "-"]
+    assert entries[1:3] == [tasks[1].ulid.encode(), tasks[1].payload]
 
     results = harness.enqueue(*tasks)
 

@@ -10,11 +10,12 @@
 -- KEYS[8] idem_prefix      prefix   `{ns:q}:idem:`; an idempotency key appended names its STRING
 -- KEYS[9] uniq_prefix      prefix   `{ns:q}:uniq:`; a unique key appended names its STRING
 --
--- ARGV[1] tasks            msgpack  an array with one row per task: an array of the 27 entries
---   below, in this order (strings as raw, numbers as numbers); one argument however many tasks,
---   which keeps a batch cheap to send and to read. A row of two entries {ulid, payload} is a task
---   like the last full row before it but for those two: a batch of one task over many arguments
---   sends (and this script reads and checks) its shared entries once.
+-- ARGV[1] tasks            msgpack  an array with an entry per task: its full row, an array of the
+--   27 entries below, in this order (strings as raw, numbers as numbers); one argument however
+--   many tasks, which keeps a batch cheap to send and to read. Two entries ulid, payload in the
+--   array itself, not in a row of their own, are a task like the last full row before them but
+--   for those two: a batch of one task over many arguments sends (and this script reads and
+--   checks) its shared entries once, and reads its tasks without a table each.
 --   ulid           string  the task's ulid
 --   name           string  task name
 --   payload        bytes   opaque payload ('' = none, stored absent)
@@ -172,12 +173,19 @@ local function shape_of(row)
     for j = 2, #tail, 2 do
       if type(tail[j]) == 'number' then tail[j] = string.format('%d', tail[j]) end
     end
+    -- Its tasks' records differ only in their payload, the third of 3 + #tail strings: the
+    -- msgpack bytes before and after it are made once (an array's elements are packed alone).
+    local n = 3 + #tail
+    local header = n < 16 and string.char(0x90 + n) or string.char(0xdc, math.floor(n / 256), n % 256)
+    shape.before = header .. cmsgpack.pack(shape.name, now_text)
+    shape.after = #tail > 0 and cmsgpack.pack(unpack(tail)) or ''
   end
   return shape
 end
 
-local rows, keys, ulids = cmsgpack.unpack(tasks), {}, {}
-for i, row in ipairs(rows) do keys[i] = task_prefix .. row[1]; ulids[i] = row[1] end
+--#include task_rows
+
+local ulids, payloads, rows, keys = task_rows(tasks)
 -- A new batch names no existing task: one EXISTS (task hashes) and one HMGET (ready records)
 -- for all spare a lookup per task.
 local any_exist, is_ready = false, {}
@@ -191,9 +199,9 @@ for i = 1, #keys, 4000 do
 end
 
 local shape, tail
-for i, row in ipairs(rows) do
-  local ulid, payload = row[1], row[2]
-  if #row > 2 then shape = shape_of(row); tail = shape.tail; payload = row[3] end
+for i = 1, #ulids do
+  local ulid, payload = ulids[i], payloads[i]
+  if rows[i] then shape = shape_of(rows[i]); tail = shape.tail end
 
   local key = keys[i]
   local existing = any_exist and ((is_ready[i] and 'queued') or redis.call('HGET', key, 'state'))
@@ -204,9 +212,7 @@ for i, row in ipairs(rows) do
   elseif holder then
     answers[i] = held_state .. ' ' .. holder .. ' ' .. kind
   elseif shape.ready then -- ready now: due is created, so no `due` (see ready in KEYS.md)
-    local packed = {shape.name, now_text, payload}
-    for j = 1, #tail do packed[3 + j] = tail[j] end
-    to_ready[#to_ready + 1] = ulid; to_ready[#to_ready + 1] = cmsgpack.pack(packed)
+    to_ready[#to_ready + 1] = ulid; to_ready[#to_ready + 1] = shape.before .. cmsgpack.pack(payload) .. shape.after
     fresh[ulid] = true
     shape.list[#shape.list + 1] = ulid
     if shape.start_by then to_start_by[#to_start_by + 1] = shape.start_by; to_start_by[#to_start_by + 1] = ulid end

@@ -7,7 +7,7 @@
 -- KEYS[5] limits          HASH     the queue's limits (must be absent)
 -- KEYS[6] running_events  channel  the queue's channel of `running` events (read by watchers only)
 --
--- ARGV[1] tasks      msgpack  enqueue.lua's ARGV[1]: one row per task
+-- ARGV[1] tasks      msgpack  enqueue.lua's ARGV[1]: a full row per task, or a (ulid, payload) pair
 -- ARGV[2] count      int      most tasks the worker takes
 -- ARGV[3] worker_id  string   the worker that receives them
 --
@@ -45,8 +45,10 @@ local MAX_TASKS = 1000
 --#include stored_options
 
 if redis.call('HLEN', ready) > 0 or redis.call('EXISTS', limits) == 1 then return false end
-local rows = cmsgpack.unpack(tasks)
-if #rows > count or #rows > MAX_TASKS then return false end
+--#include task_rows
+
+local ulids, payloads, rows, keys = task_rows(tasks)
+if #ulids > count or #ulids > MAX_TASKS then return false end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -70,16 +72,13 @@ local function shape_of(row)
   return {row = row, tail = tail, rec = rec, prio = tonumber(row[6])}
 end
 
-local picks, keys, shape = {}, {}, nil
-for i, row in ipairs(rows) do
-  local payload = row[2]
-  if #row > 2 then
-    shape = shape_of(row)
+local picks, shape = {}, nil
+for i = 1, #ulids do
+  if rows[i] then
+    shape = shape_of(rows[i])
     if not shape then return false end
-    payload = row[3]
   end
-  keys[i] = task_prefix .. row[1]
-  picks[i] = {ulid = row[1], key = keys[i], payload = payload, shape = shape, order = i}
+  picks[i] = {ulid = ulids[i], key = keys[i], payload = payloads[i], shape = shape, order = i}
 end
 if redis.call('EXISTS', unpack(keys)) > 0 then return false end
 if #picks > 1 then
