@@ -137,8 +137,8 @@ local now_text = string.format('%d', now)
 
 --#include stored_options
 
--- What a full row's task shares with the short rows after it, worked out once: state, due
--- time, the index it goes to and its score there, and the record's fields after the payload.
+-- What a full row's task shares with the (ulid, payload) pairs after it, worked out once: state,
+-- due time, the index it goes to and its score there, and the record's fields after the payload.
 -- (Numbers go to Redis as decimal text made here once, not converted again per task.)
 local function shape_of(row)
   local prio, run_at, delay, start_timeout = tonumber(row[6]), tonumber(row[15]), tonumber(row[16]), tonumber(row[17])

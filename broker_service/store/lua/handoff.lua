@@ -54,8 +54,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_text = string.format('%d', now)
 
--- What a full row's tasks share (see enqueue.lua's short rows): its row, the record's fields
--- after the payload (numbers as text, as a packed record holds them) and those fields by name.
+-- What a full row's task shares with the (ulid, payload) pairs after it: its row, the record's
+-- fields after the payload (numbers as text, as a packed record holds them), those fields by name.
 local function shape_of(row)
   local run_at, delay = tonumber(row[15]), tonumber(row[16])
   local due = now + delay
