@@ -44,9 +44,9 @@ local MAX_TASKS = 1000
 
 --#include stored_options
 
-if redis.call('HLEN', ready) > 0 or redis.call('EXISTS', limits) == 1 then return false end
 --#include task_rows
 
+if redis.call('HLEN', ready) > 0 or redis.call('EXISTS', limits) == 1 then return false end
 local ulids, payloads, rows, keys = task_rows(tasks)
 if #ulids > count or #ulids > MAX_TASKS then return false end
 
