@@ -64,10 +64,10 @@ def test_handoff_leaves_tasks_as_enqueue_then_lease_would(harness: StoreHarness,
     handed = harness.run(harness.store.scripts.handoff(harness.store.queue_keys(harness.queue), tasks, 8, "w9"))
 
     assert handed is not None
-    enqueued, _ = handed
+    enqueued, lease_reply = handed
     assert [e.decode() for e in enqueued] == ["queued"] * len(tasks)
     apart_queue, apart = _apart(harness, tasks, 8)
-    leased, expired = leased_from_reply(harness.queue, handed[1])
+    leased, expired = leased_from_reply(harness.queue, lease_reply)
     assert expired == []
     assert [_leased(t) for t in leased] == [_leased(t) for t in apart]  # same order, tokens and fields
     dump = harness.dump()
