@@ -42,6 +42,8 @@ local MAX_TASKS = 1000
 
 --#include put_pieces
 
+--#include lease_reply
+
 --#include stored_options
 
 --#include task_rows
@@ -113,20 +115,7 @@ for n, p in ipairs(picks) do
   to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = p.ulid
   run_ids[#run_ids + 1] = p.ulid
   enqueued[p.order] = 'queued'
-  local base = #leased -- 13 entries per task, as lease.lua answers them
-  leased[base + 1] = p.ulid
-  leased[base + 2] = p.shape.row[2]
-  leased[base + 3] = p.payload
-  leased[base + 4] = rec.ctype or false
-  leased[base + 5] = rec.headers or false
-  leased[base + 6] = 1
-  leased[base + 7] = rec.max or DEFAULT.max
-  leased[base + 8] = token
-  leased[base + 9] = lease
-  leased[base + 10] = rec.timeout or false
-  leased[base + 11] = now_text
-  leased[base + 12] = false
-  leased[base + 13] = rec.rpass or false
+  lease_reply(leased, p.ulid, p.shape.row[2], p.payload, rec, 1, token, lease, now_text)
 end
 redis.call('ZADD', running, unpack(to_run))
 redis.call('PUBLISH', running_events, 'running ' .. table.concat(run_ids, ' '))

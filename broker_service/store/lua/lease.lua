@@ -73,6 +73,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 --#include put_pieces
 
+--#include lease_reply
+
 -- ready: a ready task's record packed in `ready`, its ulid in its priority's list ------------
 --#include to_ready
 -- end ready ------------------------------------------------------------------------------------
@@ -213,20 +215,7 @@ if #picked > 0 then
     if attempt > 1 then redis.call('HDEL', key, 'prog', 'prog_msg') end
     to_run[#to_run + 1] = deadline; to_run[#to_run + 1] = ulid
     run_ids[#run_ids + 1] = ulid
-    local base = #leased -- 13 entries per task (false where a field is absent)
-    leased[base + 1] = ulid
-    leased[base + 2] = rec.name
-    leased[base + 3] = rec.payload
-    leased[base + 4] = rec.ctype or false
-    leased[base + 5] = rec.headers or false
-    leased[base + 6] = attempt
-    leased[base + 7] = rec.max or DEFAULT.max
-    leased[base + 8] = token
-    leased[base + 9] = lease
-    leased[base + 10] = rec.timeout or false
-    leased[base + 11] = rec.due or rec.created
-    leased[base + 12] = rec.presults or false
-    leased[base + 13] = rec.rpass or false
+    lease_reply(leased, ulid, rec.name, rec.payload, rec, attempt, token, lease, rec.due or rec.created)
   end
 end
 
